@@ -1,0 +1,137 @@
+"""The optimize() contract, input checks and the documented errors."""
+
+import pytest
+import torch
+
+import physgrad
+from physgrad import errors, updates
+from physgrad.problems.toy import toy, toy_x0
+
+
+def test_result_contract():
+    res = physgrad.optimize(toy(), toy_x0(), "ig", steps=50, step_size=0.5)
+    assert res.xs.shape == (51, 2) and res.losses.shape == (51,) and res.times.shape == (51,)
+    assert torch.equal(res.xs[0], toy_x0()) and torch.equal(res.x, res.xs[-1])
+    assert res.times[0] == 0 and bool((res.times.diff() >= 0).all())
+    assert res.nit == 50 and res.losses[-1] < 1e-10 * res.losses[0]
+    assert res.counts["jacobian"] == 50
+    assert res.losses[0].item() == pytest.approx(0.5 * (9 + 81))  # L(x0) = 1/2 (3^2 + (3^2)^2)
+
+
+def test_tol_stops_early_and_reports():
+    res = physgrad.optimize(toy(), toy_x0(), "pg", steps=100, step_size=0.5, tol=1e-6)
+    assert res.converged and res.nit < 100
+    assert res.rel_losses[-1] <= 1e-6 < res.rel_losses[-2]
+
+
+def test_callback_can_stop():
+    res = physgrad.optimize(toy(), toy_x0(), "ig", steps=100, step_size=0.5, callback=lambda k, x, L: k == 2)
+    assert res.nit == 3 and "callback" in res.message
+
+
+def test_float32_is_followed():
+    x0 = toy_x0(dtype=torch.float32)
+    res = physgrad.optimize(toy(dtype=torch.float32), x0, "newton", steps=3, step_size=1.0)
+    assert res.x.dtype == torch.float32 and res.losses.dtype == torch.float32
+    # float64 target with a float32 x: the target follows x
+    res = physgrad.optimize(toy(), x0, "ig", steps=3, step_size=1.0)
+    assert res.x.dtype == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("method", ["gd", "adam", "newton", "bfgs", "lbfgs", "ig", "pg", "hig"])
+def test_cuda_runs_on_device(method):
+    x0 = toy_x0(device="cuda")
+    res = physgrad.optimize(toy(), x0, method, steps=5, step_size=0.1)
+    assert res.x.device.type == "cuda" and res.losses.device.type == "cuda"
+    cpu = physgrad.optimize(toy(), toy_x0(), method, steps=5, step_size=0.1)
+    torch.testing.assert_close(res.xs.cpu(), cpu.xs, rtol=1e-9, atol=1e-12)
+
+
+def test_gd_requires_step_size():
+    with pytest.raises(ValueError, match="needs an explicit step_size"):
+        physgrad.optimize(toy(), toy_x0(), "gd", steps=3)
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown method"):
+        physgrad.optimize(toy(), toy_x0(), "newtn")
+
+
+def test_shape_mismatch():
+    prob = physgrad.Problem(lambda x: x ** 2, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(errors.ShapeError, match=r"shape \(2,\) but the target y\* has shape \(3,\)"):
+        physgrad.optimize(prob, toy_x0(), "ig")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_x0(bad):
+    with pytest.raises(errors.NonFiniteError, match="x0 contains 1 non-finite"):
+        physgrad.optimize(toy(), torch.tensor([3.0, bad], dtype=torch.float64), "ig")
+
+
+def test_non_finite_target():
+    with pytest.raises(errors.NonFiniteError, match="target"):
+        physgrad.Problem(lambda x: x, torch.tensor([float("nan")]))
+
+
+def test_diverging_run_raises_with_step_number():
+    with pytest.raises(errors.NonFiniteError, match=r"step \d+: the loss became inf"):
+        physgrad.optimize(toy(), toy_x0(), "gd", steps=50, step_size=1.0)
+
+
+def test_diverging_run_stop_mode_returns_finite_prefix():
+    res = physgrad.optimize(toy(), toy_x0(), "gd", steps=50, step_size=1.0, on_nonfinite="stop")
+    assert "diverged" in res.message and res.nit < 50
+    assert bool(torch.isfinite(res.xs).all()) and bool(torch.isfinite(res.losses).all())
+
+
+def test_singular_hessian_raises_and_fallbacks():
+    # P(x) = (x1 + x2, x1 + x2): H = J^T J is rank one everywhere
+    prob = physgrad.Problem(lambda x: torch.stack([x.sum(), x.sum()]), torch.zeros(2, dtype=torch.float64))
+    x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(errors.SingularMatrixError, match="Hessian is singular"):
+        physgrad.optimize(prob, x, "newton", steps=1)
+    dx = updates.newton(prob, x, 1.0, fallback="pinv")
+    torch.testing.assert_close(dx, torch.tensor([-1.5, -1.5], dtype=torch.float64))  # min-norm solution
+    dx = updates.newton(prob, x, 0.1, fallback="gd")
+    torch.testing.assert_close(dx, -0.1 * prob.grad(x))
+
+
+def test_zero_jacobian_raises_rank_deficient_falls_back_to_pinv():
+    prob = physgrad.Problem(lambda x: x ** 2, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(errors.SingularMatrixError, match="numerically zero"):
+        updates.ig(prob, torch.zeros(2, dtype=torch.float64), 1.0)
+    # one zero singular value: the pseudo-inverse updates only the invertible direction
+    dx = updates.ig(prob, torch.tensor([0.0, 2.0], dtype=torch.float64), 1.0)
+    torch.testing.assert_close(dx, torch.tensor([0.0, -0.75], dtype=torch.float64))
+
+
+def test_pg_without_inverse_explains_how_to_supply_one():
+    prob = physgrad.Problem(lambda x: x ** 2, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(errors.MissingInverseError, match=r"inverse=lambda y, x0"):
+        physgrad.optimize(prob, toy_x0(), "pg")
+
+
+@pytest.mark.parametrize("inverse,err,match", [
+    (lambda y, x0: y[:1], errors.ShapeError, "returned shape"),
+    (lambda y, x0: y * float("nan"), errors.NonFiniteError, "non-finite"),
+    (lambda y, x0: 1 / 0, errors.InverseSimulatorError, "ZeroDivisionError"),
+    (lambda y, x0: [1.0, 2.0], errors.InverseSimulatorError, "not a torch.Tensor"),
+])
+def test_bad_inverse_simulator(inverse, err, match):
+    prob = physgrad.Problem(lambda x: x ** 2, torch.ones(2, dtype=torch.float64), inverse=inverse)
+    with pytest.raises(err, match=match):
+        physgrad.optimize(prob, toy_x0(), "pg", steps=2)
+
+
+def test_toy_inverse_refuses_unreachable_target():
+    prob = toy(target=[0.0, -1.0])
+    with pytest.raises(errors.InverseSimulatorError, match="no real pre-image"):
+        physgrad.optimize(prob, toy_x0(), "pg", steps=2, step_size=1.0)
+
+
+def test_all_errors_share_a_base_class():
+    for e in [errors.ShapeError, errors.NonFiniteError, errors.SingularMatrixError,
+              errors.MissingInverseError, errors.InverseSimulatorError, errors.MemoryBudgetError]:
+        assert issubclass(e, physgrad.PhysgradError)
