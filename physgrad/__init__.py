@@ -8,10 +8,14 @@ The package behind the book *Inverting Gradients*. The core objects:
   ``lbfgs``, ``ig``, ``pg``, ``hig``) and returns a :class:`Result`.
 * :mod:`physgrad.updates` — each update as a plain function returning ``Δx``.
 * :mod:`physgrad.linalg` — pseudo-inverse, truncated SVD, damped solves.
-* :mod:`physgrad.problems` — the book's example problems.
+* :mod:`physgrad.matfree` — matrix-free least squares (LSQR / CGLS over ``jvp``/``vjp``).
+* :mod:`physgrad.inverse` — a numerical local inverse for any differentiable simulator.
+* :mod:`physgrad.problems` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
+* :mod:`physgrad.nn`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`, :mod:`physgrad.bench` —
+  network training, interactive explorers, figures, benchmark (imported on demand).
 """
 
-from . import errors, linalg, problems, updates
+from . import errors, inverse, linalg, matfree, problems, updates
 from .errors import (
     InverseSimulatorError,
     MemoryBudgetError,
@@ -27,7 +31,8 @@ from .problem import Problem
 __version__ = "0.1.0"
 
 __all__ = [
-    "Problem", "optimize", "Result", "METHODS", "updates", "linalg", "problems", "errors",
+    "Problem", "optimize", "Result", "METHODS", "updates", "linalg", "matfree", "inverse", "problems",
+    "errors",
     "PhysgradError", "ShapeError", "NonFiniteError", "SingularMatrixError", "MissingInverseError",
     "InverseSimulatorError", "MemoryBudgetError",
 ]

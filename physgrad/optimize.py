@@ -46,10 +46,22 @@ class Result:
 
     Attributes
     ----------
-    x: final iterate. xs: ``(k+1, *x.shape)``, x0 and every iterate (``k = nit``).
-    losses: ``(k+1,)`` loss at each of them. times: ``(k+1,)`` wall-clock seconds since the
-    start, ``times[0] = 0``. nit: steps taken. counts: calls of the simulator and its
-    derivatives during the run. message: why the run ended. converged: ``tol`` was reached.
+    x
+        Final iterate.
+    xs
+        ``(k+1, *x.shape)``: x0 and every iterate (``k = nit``).
+    losses
+        ``(k+1,)``: the loss at each of them.
+    times
+        ``(k+1,)``: wall-clock seconds since the start, ``times[0] = 0``.
+    nit
+        Steps taken.
+    counts
+        Calls of the simulator and its derivatives during the run.
+    message
+        Why the run ended.
+    converged
+        ``tol`` was reached.
     """
 
     x: Tensor
@@ -97,22 +109,34 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
 
     Parameters
     ----------
-    problem: the :class:`~physgrad.problem.Problem`.
-    x0: starting point; its dtype and device set those of the whole run.
-    method: ``"gd" "adam" "newton" "bfgs" "lbfgs" "ig" "pg" "hig"`` (see :mod:`physgrad.updates`).
-    steps: maximum number of updates.
-    step_size: η. For ``gd``/``adam`` it is the learning rate and must be given (its right value
+    problem
+        The :class:`~physgrad.problem.Problem`.
+    x0
+        Starting point; its dtype and device set those of the whole run.
+    method
+        ``"gd" "adam" "newton" "bfgs" "lbfgs" "ig" "pg" "hig"`` (see :mod:`physgrad.updates`).
+    steps
+        Maximum number of updates.
+    step_size
+        η. For ``gd``/``adam`` it is the learning rate and must be given (its right value
         depends on the units and scale of the problem, chapter 2). For the inverted methods it is
         the fraction of the way to the target (``Δy = η (y* − P(x))``); default 1.
-    tol: stop once ``L/L_0 <= tol``.
-    callback: ``callback(k, x, loss)`` after each step; returning ``True`` stops the run.
-    progress: ``True`` always shows a tqdm bar, ``False`` never, ``None`` when stderr is a terminal.
-    time_budget: stop after this many seconds of wall-clock time.
-    on_nonfinite: ``"raise"`` (default) raises :class:`~physgrad.errors.NonFiniteError` when the
+    tol
+        Stop once ``L/L_0 <= tol``.
+    callback
+        ``callback(k, x, loss)`` after each step; returning ``True`` stops the run.
+    progress
+        ``True`` always shows a tqdm bar, ``False`` never, ``None`` when stderr is a terminal.
+    time_budget
+        Stop after this many seconds of wall-clock time.
+    on_nonfinite
+        ``"raise"`` (default) raises :class:`~physgrad.errors.NonFiniteError` when the
         loss or an update becomes NaN/Inf; ``"stop"`` ends the run there and returns the finite
         part of the trajectory, with ``message`` saying what happened (used to show divergence).
-    keep_xs: keep every iterate (default); ``False`` keeps only x0 and the last one.
-    **options: passed to the update function (e.g. ``damping``, ``kappa``, ``line_search``).
+    keep_xs
+        Keep every iterate (default); ``False`` keeps only x0 and the last one.
+    **options
+        Passed to the update function (e.g. ``damping``, ``kappa``, ``line_search``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")

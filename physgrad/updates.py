@@ -4,18 +4,18 @@ Notation (chapters 2–5): ``L(x) = ½||P(x) − y*||²``, ``g = ∇L``, ``J = �
 ``H = ∂²L/∂x²``, ``η`` = ``step_size``, and for the inverted methods
 ``Δy = η (y* − P(x))``, the fraction ``η`` of the way to the target in y-space.
 
-=========  =====================================================  ======================
-function   update                                                 book equation
-=========  =====================================================  ======================
-``gd``     ``Δx = −η g``                                          ``gd-update`` (ch. 2)
-``adam``   Adam (Kingma & Ba) with learning rate ``η``            (ch. 2)
-``newton`` ``Δx = −η H^{-1} g``                                   ``newton-update`` (ch. 3)
-``bfgs``   ``Δx = −η B_k g``, ``B_k ≈ H^{-1}`` by BFGS updates    ``bfgs-update`` (ch. 3)
-``lbfgs``  limited-memory BFGS (two-loop recursion)                (ch. 3, ch. 7)
-``ig``     ``Δx = J^+ Δy`` (optionally damped / adaptive LM)       ``ig-update`` (ch. 4)
-``pg``     ``Δx = P^{-1}(P(x) + Δy; x) − x``                      ``pg-update`` (ch. 5)
-``hig``    ``Δx = η V Σ^{-κ} U^T (y* − P(x))``                    ``hig-update`` (HIG ch.)
-=========  =====================================================  ======================
+==========  =====================================================  ======================
+function    update                                                 book equation
+==========  =====================================================  ======================
+``gd``      ``Δx = −η g``                                          ``gd-update`` (ch. 2)
+``adam``    Adam (Kingma & Ba) with learning rate ``η``            (ch. 2)
+``newton``  ``Δx = −η H^{-1} g``                                   ``newton-update`` (ch. 3)
+``bfgs``    ``Δx = −η B_k g``, ``B_k ≈ H^{-1}`` by BFGS updates    ``bfgs-update`` (ch. 3)
+``lbfgs``   limited-memory BFGS (two-loop recursion)                (ch. 3, ch. 7)
+``ig``      ``Δx = J^+ Δy`` (optionally damped / adaptive LM)       ``ig-update`` (ch. 4)
+``pg``      ``Δx = P^{-1}(P(x) + Δy; x) − x``                      ``pg-update`` (ch. 5)
+``hig``     ``Δx = η V Σ^{-κ} U^T (y* − P(x))``                    ``hig-update`` (HIG ch.)
+==========  =====================================================  ======================
 
 Stateful methods (``adam``, ``bfgs``, ``lbfgs``, ``ig`` with ``damping="auto"``) take a
 ``state`` object that the caller creates once (``state = BFGSState()``) and passes to every
@@ -307,6 +307,11 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
         ``"dense"`` forms ``J`` (small problems); ``"lsqr"``/``"cg"`` never form it and solve the
         (damped) least-squares problem with Krylov iterations over ``jvp``/``vjp``
         (:mod:`physgrad.matfree`). ``"auto"`` picks dense when ``J`` has at most 4·10⁶ entries.
+        Options of the Krylov solver pass through: ``maxiter``, ``solver_tol`` (its relative
+        tolerance; plain ``tol`` belongs to :func:`physgrad.optimize`), ``jvp_mode``, and
+        ``scale`` (the diagonal ``D²`` of the damping term). On the matrix-free path
+        ``diag(J^T J)`` is not available without forming ``J``, so a float damping is plain
+        Tikhonov (``D = I``) unless ``scale`` is given; ``damping_scale`` applies to ``"dense"``.
     """
     if solver == "auto":
         solver = "dense" if prob.target.numel() * x.numel() <= 4_000_000 else "lsqr"
