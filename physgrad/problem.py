@@ -185,6 +185,21 @@ class Problem:
 
         return _fhessian(Lf)(x.detach().reshape(-1))
 
+    def grad_and_hessian(self, x: Tensor):
+        r"""``(∇L, ∂²L/∂x²)`` from one forward-over-reverse pass (``jacfwd(grad)`` with the
+        gradient as auxiliary output): cheaper than :meth:`grad` and :meth:`hessian` separately.
+        The gradient is shaped like ``x``, the Hessian is ``(n, n)``."""
+        self._count("grad")
+        self._count("hessian")
+        shape = x.shape
+
+        def g_aux(xf):
+            g = _fgrad(lambda z: self.loss(z.reshape(shape)))(xf)
+            return g, g
+
+        H, g = jacfwd(g_aux, has_aux=True)(x.detach().reshape(-1))
+        return g.reshape(shape), H
+
     def jvp(self, x: Tensor, v: Tensor) -> Tensor:
         """Jacobian-vector product ``J v`` (forward mode), shaped like the target."""
         self._count("jvp")

@@ -95,8 +95,8 @@ def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
 
     A singular Hessian raises :class:`~physgrad.errors.SingularMatrixError` unless
     ``fallback`` is ``"pinv"`` or ``"gd"`` (see :func:`physgrad.linalg.symmetric_solve`)."""
-    H = prob.hessian(x)
-    g = _flat(prob.grad(x))
+    g, H = prob.grad_and_hessian(x)
+    g = _flat(g)
     return (-step_size * symmetric_solve(H, g, rcond=rcond, fallback=fallback)).reshape(x.shape)
 
 

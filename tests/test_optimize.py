@@ -135,3 +135,17 @@ def test_all_errors_share_a_base_class():
     for e in [errors.ShapeError, errors.NonFiniteError, errors.SingularMatrixError,
               errors.MissingInverseError, errors.InverseSimulatorError, errors.MemoryBudgetError]:
         assert issubclass(e, physgrad.PhysgradError)
+
+
+def test_grad_and_hessian_match_separate_transforms():
+    from physgrad.problems.toy import rosenbrock
+
+    prob = rosenbrock()
+    x = torch.tensor([-1.2, 1.0], dtype=torch.float64)
+    g, H = prob.grad_and_hessian(x)
+    torch.testing.assert_close(g, prob.grad(x))
+    torch.testing.assert_close(H, prob.hessian(x))
+    # closed form for L = 1/2 (100 (x2 - x1^2)^2 + (1 - x1)^2) = 50 (x2 - x1^2)^2 + (1 - x1)^2 / 2
+    x1, x2 = x.tolist()
+    H_ref = torch.tensor([[600 * x1 ** 2 - 200 * x2 + 1, -200 * x1], [-200 * x1, 100.0]], dtype=torch.float64)
+    torch.testing.assert_close(H, H_ref, rtol=1e-12, atol=1e-10)
