@@ -49,7 +49,11 @@ def spectral_solve(J: Tensor, r: Tensor, kappa: float = 1.0, truncation: Optiona
     """
     if J.ndim != 2 or r.ndim != 1 or J.shape[0] != r.shape[0]:
         raise ValueError(f"spectral_solve expects J (m, n) and r (m,), got {tuple(J.shape)} and {tuple(r.shape)}")
-    U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    if J.shape[0] < J.shape[1]:  # wide J: LAPACK's SVD is faster on the tall transpose
+        V, S, Uh = torch.linalg.svd(J.mT, full_matrices=False)
+        U, Vh = Uh.mT, V.mT
+    else:
+        U, S, Vh = torch.linalg.svd(J, full_matrices=False)
     tol = default_rcond(J) if truncation is None else float(truncation)
     smax = S[0] if S.numel() else torch.zeros((), dtype=S.dtype, device=S.device)
     keep = S > tol * smax

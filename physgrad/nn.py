@@ -56,7 +56,8 @@ from typing import Callable, Optional
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from .errors import MemoryBudgetError, NonFiniteError, ShapeError
+from .errors import MemoryBudgetError, NonFiniteError, ShapeError, SingularMatrixError
+from .linalg import spectral_solve
 
 __all__ = [
     "TrainResult", "train", "mlp", "stacked_jacobian", "stacked_jacobian_loop", "jacobian_bytes",
@@ -175,17 +176,15 @@ def inverted_step(J: Tensor, r: Tensor, step_size: float = 1.0, kappa: float = 0
     eq. ``hig-update``) from the thin SVD :math:`J = U \Sigma V^\top`; singular values below
     ``truncation * sigma_max`` are dropped (not damped). ``kappa = 1`` gives the Gauss–Newton /
     pseudo-inverse step :math:`-\eta J^+ r`, ``kappa = 1/2`` the half-inverse gradient,
-    ``kappa = -1`` gradient descent on ``1/2 ||r||^2``."""
-    if J.shape[0] < J.shape[1]:  # wide J (the usual case: fewer residuals than weights):
-        V, S, Uh = torch.linalg.svd(J.T, full_matrices=False)  # LAPACK is faster on tall input
-        U, Vh = Uh.T, V.T
-    else:
-        U, S, Vh = torch.linalg.svd(J, full_matrices=False)
-    if S.numel() == 0 or S[0] == 0:
+    ``kappa = -1`` gradient descent on ``1/2 ||r||^2``. Computed by
+    :func:`physgrad.linalg.spectral_solve`; a numerically zero ``J`` gives a zero step."""
+    try:
+        dtheta = spectral_solve(J, r, kappa=kappa, truncation=truncation)[0]
+    except SingularMatrixError:
+        # a batch whose physics output does not depend on the weights at all (e.g. every unit
+        # saturated): there is nothing to invert, so this step leaves the weights unchanged
         return torch.zeros(J.shape[1], dtype=J.dtype, device=J.device)
-    keep = S > truncation * S[0]
-    coef = (U[:, keep].T @ r) * S[keep].pow(-kappa)
-    return -step_size * (Vh[keep].T @ coef)
+    return -step_size * dtheta
 
 
 def sip_targets(x: Tensor, y: Tensor, y_star: Tensor, inverse: Callable, y_step: float = 1.0,
