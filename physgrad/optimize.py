@@ -4,8 +4,12 @@ r"""``optimize``: one entry point that runs any update of the book and records t
 >>> res.x, res.xs, res.losses, res.times
 
 The loop is ``x_{k+1} = x_k + Δx_k`` with ``Δx_k`` from :mod:`physgrad.updates`; it checks
-every input and every iterate, so a diverging run ends with a clear error (or, with
-``on_nonfinite="stop"``, a truncated result that says why) instead of a NaN trajectory.
+every input and every iterate, so a run whose loss or update becomes NaN/Inf ends with a clear
+error (or, with ``on_nonfinite="stop"``, a truncated result that says why) instead of a NaN
+trajectory. Any other :class:`~physgrad.errors.PhysgradError` raised by an update (a singular
+Hessian, a failing inverse simulator, ...) names the step, and carries the trajectory up to that
+step as ``err.result``. A run that grows without becoming non-finite is not an error: compare
+``res.losses[-1]`` with ``res.losses[0]``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from . import updates as U
-from .errors import NonFiniteError
+from .errors import NonFiniteError, PhysgradError
 from .problem import Problem, check_finite
 
 __all__ = ["optimize", "Result", "METHODS"]
@@ -62,6 +66,10 @@ class Result:
         Why the run ended.
     converged
         ``tol`` was reached.
+    method, step_size
+        The method name and η of the run.
+    options
+        The options passed to the update (and to its state, e.g. ``init_scale``).
     """
 
     x: Tensor
@@ -136,7 +144,13 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     keep_xs
         Keep every iterate (default); ``False`` keeps only x0 and the last one.
     **options
-        Passed to the update function (e.g. ``damping``, ``kappa``, ``line_search``).
+        Passed to the update function of ``method`` (see :mod:`physgrad.updates`): e.g.
+        ``damping``/``solver`` for ``ig``, ``kappa``/``truncation`` for ``hig``, ``fallback`` for
+        ``newton``, ``line_search`` for ``bfgs``/``lbfgs``. State options go to the method's state:
+        ``init_scale`` (bfgs), ``history`` (lbfgs), ``betas``/``eps`` (adam). An option the method
+        does not know raises ``TypeError``. Note the defaults: ``bfgs`` uses ``η`` as it is
+        (``line_search=None``, the book's fixed-step form), ``lbfgs`` searches a strong-Wolfe step;
+        for robust BFGS pass ``line_search="wolfe"``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
@@ -183,7 +197,14 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     t_start = time.perf_counter()
     try:
         for k in range(steps):
-            dx = fn(problem, x, step_size, **kw)
+            try:
+                dx = fn(problem, x, step_size, **kw)
+            except PhysgradError as e:
+                # say where it happened, and keep the trajectory so far (e.result) for inspection
+                e.args = (f"step {k + 1} of method {method!r}: {e.args[0] if e.args else e}",) + e.args[1:]
+                e.result = _result(xs, losses, times, x, method, step_size, options, state_kw, problem,
+                                   counts0, f"stopped at step {k + 1}: {type(e).__name__}", False, keep_xs)
+                raise
             if not bool(torch.isfinite(dx).all()):
                 msg = (f"step {k + 1}: the {method} update became non-finite (NaN/Inf); the run diverged. "
                        "Try a smaller step_size.")
@@ -222,6 +243,13 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     finally:
         if bar is not None:
             bar.close()
+    return _result(xs, losses, times, x, method, step_size, options, state_kw, problem, counts0,
+                   message, converged, keep_xs)
+
+
+def _result(xs, losses, times, x, method, step_size, options, state_kw, problem, counts0, message,
+            converged, keep_xs) -> Result:
+    xs = list(xs)
     if not keep_xs and len(losses) > 1:
         xs.append(x.clone())
     counts = {k: problem.counts.get(k, 0) - counts0.get(k, 0) for k in problem.counts}

@@ -1,7 +1,7 @@
 r"""The problem statement of the book: find x such that a simulator P maps it onto a target y*.
 
 A :class:`Problem` bundles the forward simulator ``P``, the target ``y*`` and, optionally, a
-local inverse simulator ``P^{-1}(y; x0)``. The loss is the book's convention (chapter 2,
+local inverse simulator ``P^{-1}(y; x0)``. The loss is the book's convention (chapter 1,
 eq. ``loss``)
 
 .. math:: L(x) = \tfrac12 \lVert P(x) - y^* \rVert_2^2 .
@@ -80,6 +80,8 @@ class Problem:
             raise TypeError("Problem.inverse must be callable: a function (y, x0) -> x, or None")
         if not torch.is_tensor(self.target):
             self.target = torch.as_tensor(self.target)
+        if not (self.target.is_floating_point() or self.target.is_complex()):
+            self.target = self.target.to(torch.get_default_dtype())  # [1, 2] -> float, not int64
         check_finite(self.target, "target y*")
         if self.jacobian_mode not in ("auto", "rev", "fwd"):
             raise ValueError(f"jacobian_mode must be 'auto', 'rev' or 'fwd', got {self.jacobian_mode!r}")
@@ -153,7 +155,9 @@ class Problem:
         if mode == "auto":
             m = self.target.numel()
             mode = "fwd" if xf.numel() <= m else "rev"
-        J = (jacfwd(f) if mode == "fwd" else jacrev(f))(xf)
+        # .to(xf.dtype): forward mode can promote to float64 when P mixes 0-dim tensors with
+        # Python floats (torch 2.13); the Jacobian must follow x's dtype like everything else
+        J = (jacfwd(f) if mode == "fwd" else jacrev(f))(xf).to(xf.dtype)
         if J.shape != (self.target.numel(), xf.numel()):
             raise ShapeError(
                 f"the Jacobian has shape {tuple(J.shape)}; expected {(self.target.numel(), xf.numel())}. "
@@ -183,7 +187,7 @@ class Problem:
         def Lf(xf):
             return self.loss(xf.reshape(shape))
 
-        return _fhessian(Lf)(x.detach().reshape(-1))
+        return _fhessian(Lf)(x.detach().reshape(-1)).to(x.dtype)
 
     def grad_and_hessian(self, x: Tensor):
         r"""``(∇L, ∂²L/∂x²)`` from one forward-over-reverse pass (``jacfwd(grad)`` with the
@@ -198,7 +202,7 @@ class Problem:
             return g, g
 
         H, g = jacfwd(g_aux, has_aux=True)(x.detach().reshape(-1))
-        return g.reshape(shape), H
+        return g.reshape(shape).to(x.dtype), H.to(x.dtype)
 
     def jvp(self, x: Tensor, v: Tensor) -> Tensor:
         """Jacobian-vector product ``J v`` (forward mode), shaped like the target."""

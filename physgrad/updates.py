@@ -14,7 +14,7 @@ function    update                                                 book equation
 ``lbfgs``   limited-memory BFGS (two-loop recursion)                (ch. 3, ch. 7)
 ``ig``      ``Δx = J^+ Δy`` (optionally damped / adaptive LM)       ``ig-update`` (ch. 4)
 ``pg``      ``Δx = P^{-1}(P(x) + Δy; x) − x``                      ``pg-update`` (ch. 5)
-``hig``     ``Δx = η V Σ^{-κ} U^T (y* − P(x))``                    ``hig-update`` (HIG ch.)
+``hig``     ``Δx = η V Σ^{-κ} U^T (y* − P(x))``                    ``hig-update`` (ch. 8)   
 ==========  =====================================================  ======================
 
 Stateful methods (``adam``, ``bfgs``, ``lbfgs``, ``ig`` with ``damping="auto"``) take a
@@ -31,7 +31,7 @@ from typing import Optional, Union
 import torch
 
 from .errors import NonFiniteError
-from .linalg import damped_solve, pinv_solve, spectral_solve, symmetric_solve
+from .linalg import damped_solve, spectral_solve, symmetric_solve
 from .problem import Problem
 
 __all__ = [
@@ -68,7 +68,8 @@ class AdamState:
 
 
 def adam(prob: Problem, x: Tensor, step_size: float, state: Optional[AdamState] = None) -> Tensor:
-    r"""One step of Adam (torch's implementation, default betas) with learning rate ``η``.
+    r"""One step of Adam (torch's implementation; betas and eps from ``state``, torch's defaults
+    unless set) with learning rate ``η``.
 
     Adam divides each gradient component by a running RMS of its history, which removes the
     ``c``-scaling of the step *per component* but still moves by about ``η`` per step in x
@@ -120,7 +121,7 @@ def _wolfe(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float
     bisection-safeguarded cubic ``zoom`` of Alg. 3.6). Guarantees ``s^T y > 0`` for the BFGS
     pair, which Armijo backtracking alone does not."""
     phi0, dphi0 = float(L0), float((g * p).sum())
-    if dphi0 >= 0:  # not a descent direction: fall back to the steepest-descent step length
+    if dphi0 >= 0:  # not a descent direction (e.g. already at a stationary point): no step
         return 0.0
 
     def phi(t):
@@ -279,6 +280,9 @@ class LMState:
     rejected: int = 0
 
 
+_MATFREE_OPTIONS = {"maxiter", "solver_tol", "jvp_mode", "scale"}
+
+
 def _matrix_free(prob, x, dy, damping, solver, solver_options):
     from . import matfree  # optional module (matrix-free Krylov solvers over jvp/vjp)
 
@@ -313,8 +317,14 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
         ``diag(J^T J)`` is not available without forming ``J``, so a float damping is plain
         Tikhonov (``D = I``) unless ``scale`` is given; ``damping_scale`` applies to ``"dense"``.
     """
+    unknown = set(solver_options) - _MATFREE_OPTIONS
+    if unknown:
+        raise TypeError(f"ig() got unexpected option(s) {sorted(unknown)}; known: damping, solver, state, "
+                        f"rcond, damping_scale, and for the matrix-free solvers {sorted(_MATFREE_OPTIONS)}")
     if solver == "auto":
         solver = "dense" if prob.target.numel() * x.numel() <= 4_000_000 else "lsqr"
+    if solver == "dense" and solver_options:
+        raise TypeError(f"option(s) {sorted(solver_options)} only apply to solver='lsqr'/'cg', not 'dense'")
     if solver not in ("dense", "lsqr", "cg"):
         raise ValueError(f"solver must be 'dense', 'lsqr', 'cg' or 'auto', got {solver!r}")
     if damping == "auto":
@@ -345,6 +355,8 @@ def _lm_step(prob: Problem, x: Tensor, step_size: float, st: LMState) -> Tensor:
     st.scale = d if st.scale is None else torch.maximum(st.scale, d)
     scale = torch.where(st.scale > 0, st.scale, torch.ones_like(st.scale))
     rhs = -step_size * r
+    fi = torch.finfo(x.dtype)
+    lam_max, lam_min = fi.max ** 0.5 * 1e-2, fi.tiny ** 0.5  # lam * diag(J^T J) must stay finite
     for _ in range(st.max_tries):
         dx = damped_solve(J, rhs, st.lam, scale)
         pred = L - 0.5 * float((r + J @ dx).pow(2).sum())
@@ -354,13 +366,13 @@ def _lm_step(prob: Problem, x: Tensor, step_size: float, st: LMState) -> Tensor:
         if pred > 0 and bool(torch.isfinite(Lt)) and actual > 0:
             rho = actual / pred
             st.lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-            st.lam = max(st.lam, 1e-300)
+            st.lam = max(st.lam, lam_min)
             st.nu = 2.0
             return dx.reshape(x.shape)
         st.rejected += 1
         st.lam *= st.nu
         st.nu *= 2.0
-        if st.lam > 1e300:
+        if st.lam > lam_max:  # no decrease for any damping this dtype can represent
             break
     st.stalled = True  # no decrease found: we are at a (local) minimum to working precision
     return torch.zeros_like(x)
@@ -394,8 +406,3 @@ def hig(prob: Problem, x: Tensor, step_size: float = 1.0, kappa: float = 0.5,
     dx, _ = spectral_solve(J, -r, kappa=kappa, truncation=truncation)
     return (step_size * dx).reshape(x.shape)
 
-
-def _check_finite_step(dx: Tensor, method: str) -> Tensor:
-    if not bool(torch.isfinite(dx).all()):
-        raise NonFiniteError(f"the {method} update produced non-finite values")
-    return dx

@@ -149,3 +149,55 @@ def test_grad_and_hessian_match_separate_transforms():
     x1, x2 = x.tolist()
     H_ref = torch.tensor([[600 * x1 ** 2 - 200 * x2 + 1, -200 * x1], [-200 * x1, 100.0]], dtype=torch.float64)
     torch.testing.assert_close(H, H_ref, rtol=1e-12, atol=1e-10)
+
+
+def _projectile_like(x):
+    # not vectorised on purpose: indexing to 0-dim tensors mixed with Python floats; under
+    # torch.func.jacfwd this promotes to float64 in torch 2.13 unless physgrad casts back
+    v, a, k = x[0], x[1], x[2]
+    return torch.stack([v * torch.cos(a) / 9.81, v * torch.sin(a) / 9.81 - k, k * v / 2.0])
+
+
+@pytest.mark.parametrize("method", ["newton", "ig", "hig", "bfgs"])
+def test_float32_with_python_float_arithmetic_in_P(method):
+    x0 = torch.tensor([10.0, 0.5, 0.1], dtype=torch.float32)
+    prob = physgrad.Problem(_projectile_like, torch.tensor([5.0, 2.0, 0.3]))
+    assert prob.jacobian(x0).dtype == torch.float32
+    res = physgrad.optimize(prob, x0, method, steps=3, step_size=0.1)
+    assert res.x.dtype == torch.float32 and bool(torch.isfinite(res.losses).all())
+
+
+def test_auto_lm_float32_stalls_cleanly_instead_of_overflowing():
+    prob = physgrad.Problem(_projectile_like, torch.tensor([5.0, 2.0, 0.3]))
+    res = physgrad.optimize(prob, torch.tensor([10.0, 0.5, 0.1]), "ig", steps=200, damping="auto")
+    assert res.x.dtype == torch.float32 and bool(torch.isfinite(res.losses).all())
+    assert res.losses[-1] < 1e-8 and ("stalled" in res.message or res.nit == 200)
+
+
+def test_misspelled_ig_option_is_rejected():
+    with pytest.raises(TypeError, match="dampng"):
+        physgrad.optimize(toy(), toy_x0(), "ig", steps=2, dampng=1e-3)
+    with pytest.raises(TypeError, match="only apply to solver"):
+        physgrad.optimize(toy(), toy_x0(), "ig", steps=2, maxiter=3)
+
+
+def test_error_mid_run_names_step_and_keeps_trajectory():
+    # an inverse simulator that fails at its third call: steps 1-2 succeed and must be kept
+    calls = {"n": 0}
+
+    def inverse(y, x0):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("solver diverged")
+        return toy().inverse(y, x0)
+
+    prob = physgrad.Problem(toy().forward, torch.zeros(2, dtype=torch.float64), inverse)
+    with pytest.raises(errors.InverseSimulatorError, match=r"step 3 of method 'pg'.*solver diverged") as ei:
+        physgrad.optimize(prob, toy_x0(), "pg", steps=10, step_size=0.5)
+    part = ei.value.result
+    assert part.nit == 2 and part.xs.shape == (3, 2) and "step 3" in part.message
+
+
+def test_integer_target_list_becomes_float():
+    prob = physgrad.Problem(lambda x: x, [1, 2])
+    assert prob.target.is_floating_point()
