@@ -89,8 +89,8 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
             it += 1
             if solver == "dense":
                 J = prob.jacobian(x)
-                d = damped_solve(J, -r.reshape(-1), lam, (J * J).sum(0)).reshape(x.shape) if lam > 0 else \
-                    damped_solve(J, -r.reshape(-1), 0.0).reshape(x.shape)
+                # Marquardt-scaled damping; damped_solve falls back to the pseudo-inverse at lam = 0
+                d = damped_solve(J, -r.reshape(-1), lam, (J * J).sum(0)).reshape(x.shape)
             else:
                 from . import matfree
 

@@ -109,18 +109,14 @@ def run_method(prob: Problem, x0: Tensor, method: str, steps: int, step_size: fl
     :class:`~physgrad.errors.PhysgradError` raised in step ``k`` (e.g. a local inverse asked for
     a ``y`` outside the range of ``P``, or a singular Hessian) keeps the iterates before it and
     reports the error as the run's message."""
-    xs, losses = [x0.detach().clone()], [prob.loss(x0).detach()]
-
-    def record(k, x, L):
-        xs.append(x.detach().clone())
-        losses.append(L.detach())
-
     try:
-        res = optimize(prob, x0, method, steps, step_size, on_nonfinite="stop", callback=record,
-                       keep_xs=True, **options)
+        res = optimize(prob, x0, method, steps, step_size, on_nonfinite="stop", keep_xs=True, **options)
     except PhysgradError as e:
-        msg = f"step {len(losses)}: {type(e).__name__}: {e}"
-        return Run(torch.stack(xs), torch.stack(losses), msg, False, True)
+        part = getattr(e, "result", None)  # optimize attaches the trajectory up to the failing step
+        if part is None:  # raised before the first step (bad x0, shape mismatch): not a run at all
+            raise
+        msg = f"step {part.nit + 1}: {type(e).__name__}: {e}"
+        return Run(part.xs, part.losses, msg, False, True)
     ok = "diverged" not in res.message
     return Run(res.xs, res.losses, res.message, ok, res.nit < steps)
 
