@@ -90,15 +90,21 @@ def adam(prob: Problem, x: Tensor, step_size: float, state: Optional[AdamState] 
 
 # ----------------------------------------------------------------------------- second order
 def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
-           rcond: Optional[float] = None) -> Tensor:
+           rcond: Optional[float] = None, line_search: Optional[str] = None) -> Tensor:
     r"""Newton's method with the exact Hessian, ``Δx = −η (∂²L/∂x²)^{-1} ∂L/∂x``
     (chapter 3, eq. ``newton-update``).
 
     A singular Hessian raises :class:`~physgrad.errors.SingularMatrixError` unless
-    ``fallback`` is ``"pinv"`` or ``"gd"`` (see :func:`physgrad.linalg.symmetric_solve`)."""
+    ``fallback`` is ``"pinv"`` or ``"gd"`` (see :func:`physgrad.linalg.symmetric_solve`).
+    ``line_search=None`` takes the fixed step ``η`` (the textbook form); ``"armijo"`` or
+    ``"wolfe"`` search the step length from ``η``."""
     g, H = prob.grad_and_hessian(x)
     g = _flat(g)
-    return (-step_size * symmetric_solve(H, g, rcond=rcond, fallback=fallback)).reshape(x.shape)
+    p = -symmetric_solve(H, g, rcond=rcond, fallback=fallback)
+    if line_search is None:
+        return (step_size * p).reshape(x.shape)
+    t = _line_search(line_search, prob, x, prob.loss(x), g.reshape(x.shape), p.reshape(x.shape), step_size)
+    return (t * p).reshape(x.shape)
 
 
 def _armijo(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
@@ -393,16 +399,21 @@ def pg(prob: Problem, x: Tensor, step_size: float = 1.0) -> Tensor:
 
 
 def hig(prob: Problem, x: Tensor, step_size: float = 1.0, kappa: float = 0.5,
-        truncation: float = 1e-6) -> Tensor:
+        truncation: float = 1e-6, line_search: Optional[str] = None) -> Tensor:
     r"""Half-inverse gradient (Schnell et al. 2022; eq. ``hig-update``):
 
     .. math:: \Delta x = η\, V Σ^{-κ} U^T (y^* - P(x)),\qquad J = U Σ V^T ,
 
     with ``κ = 1/2`` by default; ``κ = 1`` is the Gauss–Newton / inverse-gradient step and
     ``κ = −1`` the GD direction ``J^T (y* − P)``. Singular values below
-    ``truncation · σ_max`` are dropped (not clamped)."""
+    ``truncation · σ_max`` are dropped (not clamped). ``line_search=None`` takes the fixed
+    step ``η`` (the paper's form); ``"armijo"`` backtracks from ``η`` along ``Δx``."""
     J = prob.jacobian(x)
     r = _flat(prob.residual(x))
     dx, _ = spectral_solve(J, -r, kappa=kappa, truncation=truncation)
-    return (step_size * dx).reshape(x.shape)
+    if line_search is None:
+        return (step_size * dx).reshape(x.shape)
+    L, g = prob.value_and_grad(x)
+    t = _line_search(line_search, prob, x, L, g, dx.reshape(x.shape), step_size)
+    return (t * dx).reshape(x.shape)
 
