@@ -11,6 +11,10 @@ Sphinx application, not configuration values), so this small local extension (lo
   (``execute_notebooks: cache``), so re-reading is cheap.
 * ``nitpicky`` (``-n``) is set in _config.yml.
 
+A notebook that fails to execute is named once more at the end of the build, with the error type,
+the run time and the tail of its traceback (which shows the failing cell's source), so a failing
+first build from an empty cache says which cell failed and why, even when the log is long.
+
 After a build with no exception and zero warnings it writes ``<outdir>/.strict-build-ok``
 (removed otherwise), so tests/test_site.py can tell a clean, current build from a failed one.
 
@@ -35,9 +39,25 @@ def _reread_everything(app, env, added, changed, removed):
 STAMP = ".strict-build-ok"
 
 
+def _report_failed_notebooks(app):
+    """Log one summary line (and the traceback tail) per notebook whose execution failed."""
+    meta = getattr(app.env, "nb_metadata", {}) or {}
+    for docname in sorted(meta):
+        data = meta[docname].get("exec_data") or {}
+        if data.get("succeeded") is False:
+            tb = (data.get("traceback") or "").strip().splitlines()
+            tail = "\n".join(tb[-40:])
+            runtime = data.get("runtime")
+            took = f" after {runtime:.0f} s" if isinstance(runtime, (int, float)) else ""
+            logger.warning(
+                f"strict_build: notebook {docname} failed to execute{took}: "
+                f"{data.get('error')} (execute.timeout in _config.yml is per cell).\n{tail}")
+
+
 def _stamp(app, exception):
     if app.builder is None or app.builder.format != "html":
         return
+    _report_failed_notebooks(app)
     stamp = os.path.join(app.outdir, STAMP)
     if exception is None and getattr(app, "_warncount", 1) == 0:
         with open(stamp, "w", encoding="utf-8") as fh:
