@@ -120,7 +120,9 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
         return
     seen, unique = set(), []
     for js in scripts:
-        key = (str(js), tuple(sorted((k, str(v)) for k, v in getattr(js, "attributes", {}).items())))
+        # the copies differ only in an empty file name: None once, "" the other time
+        name = str(getattr(js, "filename", js) or "")
+        key = (name, tuple(sorted((k, str(v)) for k, v in getattr(js, "attributes", {}).items())))
         if key in seen:
             continue
         seen.add(key)
