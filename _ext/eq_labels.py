@@ -8,7 +8,8 @@ domain, the same as ``{eq}`` in the chapters), so the reader sees a linked numbe
 unchanged and still reads naturally.
 
 Only labels right after "eq." / "eqs." (and further labels of the same list, joined by commas,
-"and" or "or") are converted; a label that no chapter defines is an unresolved reference, which
+"and" or "or"), or right before the chapter that derives them ("``pg-update`` (ch. 5)", the
+table of :mod:`physgrad.updates`), are converted; a label that no chapter defines is an unresolved reference, which
 the strict (nitpicky) build reports.
 """
 
@@ -21,6 +22,9 @@ LABEL = r"``([A-Za-z0-9][A-Za-z0-9_:-]*)``"
 CITATION = re.compile(
     r"(?P<word>\b[Ee]qs?\.)(?P<labels>\s+" + LABEL + r"(?:\s*(?:,|,?\s+and|,?\s+or)\s+" + LABEL + r")*)")
 ONE = re.compile(LABEL)
+# a label followed by the chapter that derives it, as in the table of physgrad.updates:
+# "``pg-update`` (ch. 5)"
+WITH_CHAPTER = re.compile(LABEL + r"(?=\s+\(ch\.\s*\d)")
 
 
 def link_labels(text: str) -> str:
@@ -29,7 +33,7 @@ def link_labels(text: str) -> str:
     def replace(m: re.Match) -> str:
         return m.group("word") + ONE.sub(r":eq:`\1`", m.group("labels"))
 
-    return CITATION.sub(replace, text)
+    return WITH_CHAPTER.sub(r":eq:`\1`", CITATION.sub(replace, text))
 
 
 def _process_docstring(app, what, name, obj, options, lines):
