@@ -13,7 +13,8 @@ shows a notebook's figure needs both, so this directive combines them::
     ```
 
 ``:doc:`` is relative to the page (as for ``{glue}``); ``:name:`` makes the figure referable
-with ``{numref}``; ``:alt:`` is the image's alt text (default: the caption).
+with ``{numref}``; ``:alt:`` is the image's alt text (default: the caption); ``:unnumbered:``
+keeps the figure out of the book's figure numbering.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class GluedFigure(SphinxDirective):
         "alt": directives.unchanged,
         "class": directives.class_option,
         "figwidth": directives.length_or_percentage_or_unitless,
+        "unnumbered": directives.flag,
     }
 
     def run(self):
@@ -47,6 +49,8 @@ class GluedFigure(SphinxDirective):
             raise self.error(str(exc)) from exc
         figure = nodes.figure("", classes=["glued-figure", *self.options.get("class", [])])
         figure.source, figure.line = source, line
+        if "unnumbered" in self.options:
+            figure["classes"].append("unnumbered")
         if "figwidth" in self.options:
             figure["width"] = self.options["figwidth"]
         if "alt" in self.options:
@@ -69,6 +73,23 @@ class GluedFigure(SphinxDirective):
         return [figure]
 
 
+def _hide_from_numbering(app, doctree):
+    # Sphinx numbers every captioned figure that has an id. An unnumbered figure (the cover's
+    # teaser, which must not shift the numbers of the book's figures) hides its id while the
+    # numbers are assigned, and gets it back before the page is written.
+    for fig in doctree.findall(nodes.figure):
+        if "unnumbered" in fig["classes"] and fig["ids"]:
+            fig["unnumbered_ids"], fig["ids"] = fig["ids"], []
+
+
+def _restore_ids(app, doctree, docname):
+    for fig in doctree.findall(nodes.figure):
+        if fig.get("unnumbered_ids"):
+            fig["ids"] = fig["unnumbered_ids"]
+
+
 def setup(app):
     app.add_directive("glued-figure", GluedFigure)
+    app.connect("doctree-read", _hide_from_numbering)
+    app.connect("doctree-resolved", _restore_ids)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

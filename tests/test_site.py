@@ -563,10 +563,16 @@ def test_review_screenshots(site):
             page.goto((root / fig_page).as_uri())
             page.settle()
             clip = page.js("""(() => {
-                const imgs = [...document.querySelectorAll('.cell_output img, figure img')];
-                const img = imgs.sort((a, b) => b.naturalWidth / b.naturalHeight
-                                                - a.naturalWidth / a.naturalHeight)[0];
-                const box = (img.closest('figure') || img).getBoundingClientRect();
+                // chapter 2's comparison of two GD runs (x-space, y-space, loss), named
+                // nb-fig-gd-toy in the notebook; else the widest image of the page
+                let fig = document.getElementById('nb-fig-gd-toy')
+                          || document.getElementById('fig-gd-toy');
+                if (!fig) {
+                    const imgs = [...document.querySelectorAll('.cell_output img, figure img')];
+                    fig = imgs.sort((a, b) => b.naturalWidth / b.naturalHeight
+                                              - a.naturalWidth / a.naturalHeight)[0];
+                }
+                const box = (fig.closest('figure') || fig).getBoundingClientRect();
                 return {x: box.left + scrollX - 10, y: box.top + scrollY - 10,
                         width: box.width + 20, height: box.height + 20};
             })()""")
