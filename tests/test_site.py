@@ -514,8 +514,7 @@ def test_inline_scripts_once_and_streams_merged(site):
         assert html.count("const THEBE_JS_URL") <= 1, rel
         assert html.count("var togglebuttonSelector") <= 1, rel
         # nb_merge_streams: no cell shows two stdout boxes in a row
-        assert not re.search(r'output stream highlight-myst-ansi[\s\S]{0,40}</div>\s*</div>\s*'
-                             r'<div class="output stream', html), rel
+        assert not re.search(r'</pre></div>\s*</div>\s*<div class="output stream', html), rel
         assert "Text(0.5, 0.98" not in html, rel
 
 
@@ -593,3 +592,23 @@ def test_review_screenshots(site):
             phone.close()
     for name in ("after-landing", "after-three-panel-figure", "after-phone-drawer"):
         assert (SCREENSHOTS / f"{name}.png").stat().st_size > 5000
+
+
+def test_code_of_88_columns_fits_the_column(site):
+    """A code line of up to 88 characters (the book's limit) fits the desktop text column without
+    a horizontal scrollbar, and long printed output wraps instead of hiding numbers."""
+    page = DevToolsPage(site.chromium, size=(1400, 900))
+    try:
+        page.goto(site.url("notebooks/03-newton.html"))
+        page.settle()
+        blocks = page.js("""[...document.querySelectorAll('div.cell_input pre')].map(p => ({
+            longest: Math.max(...p.textContent.split('\\n').map(l => l.length)),
+            overflow: p.scrollWidth - p.clientWidth}))""")
+        fitting = [b for b in blocks if b["longest"] <= 88]
+        assert fitting, blocks
+        assert all(b["overflow"] <= 1 for b in fitting), fitting
+        wrap = page.js("[...document.querySelectorAll('div.cell_output pre')]"
+                       ".map(p => getComputedStyle(p).whiteSpace)")
+        assert wrap and set(wrap) == {"pre-wrap"}, set(wrap)
+    finally:
+        page.close()
