@@ -149,13 +149,15 @@ class DevToolsPage:
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
-    def screenshot(self, name: str, clip: dict = None):
+    def screenshot(self, name: str, clip: dict = None, beyond_viewport: bool = True):
+        """Save a PNG to _build/screenshots/<name>.png: the ``clip`` rectangle (page
+        coordinates) or, with ``beyond_viewport=False`` and no clip, what the viewport shows."""
         import base64
 
         from conftest import SCREENSHOTS
 
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        params = {"format": "png", "captureBeyondViewport": True}
+        params = {"format": "png", "captureBeyondViewport": beyond_viewport}
         if clip:
             params["clip"] = dict(clip, scale=1)
         out = SCREENSHOTS / f"{name}.png"
@@ -399,7 +401,7 @@ def test_phone_navigation_drawer_opens(site):
         toc = page.js("[...document.querySelectorAll('#pst-primary-sidebar-modal a')]"
                       ".map(a => a.getAttribute('href'))")
         assert any("02-gradient-descent.html" in h for h in toc), toc
-        page.screenshot("after-phone-drawer-open")
+        page.screenshot("after-phone-drawer-open", beyond_viewport=False)
         page.send("Input.dispatchKeyEvent", type="keyDown", key="Escape", code="Escape",
                   windowsVirtualKeyCode=27)
         page.send("Input.dispatchKeyEvent", type="keyUp", key="Escape", code="Escape",
@@ -412,7 +414,7 @@ def test_phone_navigation_drawer_opens(site):
             "the page-contents button opened nothing"
         state = page.js(DRAWER_STATE % "secondary")
         assert state["inside"], state
-        page.screenshot("after-phone-page-contents-open")
+        page.screenshot("after-phone-page-contents-open", beyond_viewport=False)
         assert page.problems() == []
     finally:
         page.close()
@@ -558,7 +560,7 @@ def test_review_screenshots(site):
             page.settle()
             page.js("new Promise(r => setTimeout(r, 1500))")  # the redirect of the old build
             page.settle()
-            page.screenshot(f"{tag}-landing", {"x": 0, "y": 0, "width": 1400, "height": 1000})
+            page.screenshot(f"{tag}-landing", beyond_viewport=False)
             page.goto((root / fig_page).as_uri())
             page.settle()
             clip = page.js("""(() => {
@@ -587,7 +589,7 @@ def test_review_screenshots(site):
             phone.tap(burger["x"], burger["y"])
             phone.wait_for(f"{DRAWER_STATE % 'primary'}.open", 5)
             phone.js("new Promise(r => setTimeout(r, 500))")
-            phone.screenshot(f"{tag}-phone-drawer", {"x": 0, "y": 0, "width": 390, "height": 844})
+            phone.screenshot(f"{tag}-phone-drawer", beyond_viewport=False)
         finally:
             phone.close()
     for name in ("after-landing", "after-three-panel-figure", "after-phone-drawer"):
