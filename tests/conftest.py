@@ -21,6 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
+# Optional copy of an earlier build (`cp -r _build/html _build/html-before` before a change):
+# tests/test_site.py then also takes "before-*" screenshots of it for comparison.
+HTML_BEFORE = ROOT / "_build" / "html-before"
 # Written by _ext/strict_build.py after a build with zero warnings (removed after a failed one).
 STAMP = HTML / ".strict-build-ok"
 # The strict build, identical to the README / .ci/run command, run by this interpreter's
@@ -30,8 +33,8 @@ BUILD_CMD = [
     "build", ".", "--all", "-W", "-n", "--keep-going",
 ]
 # Everything the book is built from: a newer file than the stamp means the build is stale.
-SOURCES = ["_config.yml", "_toc.yml", "references.bib", "chapters", "notebooks", "physgrad",
-           "vendor", "_ext"]
+SOURCES = ["_config.yml", "_toc.yml", "references.bib", "index.md", "chapters", "notebooks",
+           "physgrad", "vendor", "assets", "_ext"]
 
 # Headless Chromium with the network effectively off: pages are file:// URLs, background
 # services are disabled, and any request that would leave the machine goes to a dead proxy.
