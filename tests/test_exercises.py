@@ -107,7 +107,7 @@ def test_ch6_pg_minus_ig():
 def test_ch6_newton_in_y():
     in_y = physgrad.Problem(lambda y: y, torch.zeros(2, dtype=torch.float64))
     y0 = toy().simulate(X0)
-    assert updates.newton(in_y, y0, 1.0).tolist() == pytest.approx([-3.0, -9.0])
+    assert updates.newton(in_y, y0, 1.0, line_search=None).tolist() == pytest.approx([-3.0, -9.0])
 
 
 # ---------------------------------------------------------------- chapters 1 and 9
@@ -123,8 +123,8 @@ def test_ch1_one_pg_step_reaches_target():
 
 
 def test_ch9_hig_limits():
-    assert updates.hig(toy(), X0, 0.5, kappa=1.0).tolist() == pytest.approx([-1.5, -0.75])
-    assert updates.hig(toy(), X0, 0.01, kappa=-1.0).tolist() == pytest.approx([-0.03, -0.54])
+    assert updates.hig(toy(), X0, 0.5, kappa=1.0, line_search=None).tolist() == pytest.approx([-1.5, -0.75])
+    assert updates.hig(toy(), X0, 0.01, kappa=-1.0, line_search=None).tolist() == pytest.approx([-0.03, -0.54])
 
 
 def test_ch9_rosenbrock_one_pg_step():
