@@ -1,4 +1,5 @@
-"""Independent checks of the exercise solutions of chapters 2-6.
+"""Independent checks of the exercise solutions of chapters 1, 5, 6 and 9 (chapters 2-4:
+``test_exercises_ch24.py``).
 
 Each test recomputes an answer from its closed form (plain Python/math) and compares it with
 what physgrad returns; the notebooks' collapsed solution cells make the same assertions."""
@@ -13,64 +14,6 @@ from physgrad import theory, updates
 from physgrad.problems.toy import linear, toy, toy_x0
 
 X0 = toy_x0()
-
-
-# ---------------------------------------------------------------- chapter 2
-def test_ch2_linear_loss_step_and_change():
-    c, eta = 20.0, 0.1
-    g = torch.func.grad(lambda x: c * x)(torch.tensor(0.0, dtype=torch.float64)).item()
-    step = -eta * g
-    assert step == pytest.approx(-2.0)
-    assert c * step == pytest.approx(-40.0)
-
-
-def test_ch2_millimetres_shrink_factor():
-    s = torch.tensor([1000.0, 1.0], dtype=torch.float64)
-    d_mm = updates.gd(theory.rescale_inputs(toy(), s), X0 * s, 0.01) / s
-    d_m = updates.gd(toy(), X0, 0.01)
-    assert (d_m[0] / d_mm[0]).item() == pytest.approx(1e6, rel=1e-9)
-
-
-def test_ch2_first_gd_step():
-    # grad L = (x1, 2 x2^3) = (3, 54)
-    assert updates.gd(toy(), X0, 0.01).tolist() == pytest.approx([-0.03, -0.54])
-
-
-# ---------------------------------------------------------------- chapter 3
-@pytest.mark.parametrize("c", [0.1, 1.0, 10.0])
-def test_ch3_newton_step_independent_of_c(c):
-    assert updates.newton(toy(c), X0, 1.0).tolist() == pytest.approx([-3.0, -1.0], abs=1e-12)
-
-
-def test_ch3_hessian_memory():
-    n = 10**6
-    assert 8 * n * n == 8e12
-
-
-def test_ch3_latent_newton_step():
-    z0, k = torch.tensor([1.0], dtype=torch.float64), 0.25
-    p = physgrad.Problem(lambda z: z + k * (z - z0) ** 2, torch.zeros(1, dtype=torch.float64))
-    # d2L/dz2 = L'' g'^2 + L' g'' = 1 + 1 * 2k
-    assert updates.newton(p, z0, 1.0).item() == pytest.approx(-1.0 / (1.0 + 2 * k))
-    assert updates.ig(p, z0, 1.0).item() == pytest.approx(-1.0)
-
-
-# ---------------------------------------------------------------- chapter 4
-def test_ch4_ig_step():
-    assert updates.ig(toy(), X0, 0.5).tolist() == pytest.approx([-1.5, -0.75])
-
-
-def test_ch4_fixed_dy_scales_with_inverse_c():
-    prob = linear(torch.tensor([[4.0]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
-    dx = physgrad.linalg.pinv_solve(prob.jacobian(torch.ones(1, dtype=torch.float64)),
-                                    torch.tensor([-1.0], dtype=torch.float64))
-    assert dx.item() == pytest.approx(-0.25)
-
-
-def test_ch4_minimum_norm_step():
-    row = physgrad.Problem(lambda x: x.sum().reshape(1), torch.tensor([2.0], dtype=torch.float64))
-    dx = updates.ig(row, torch.zeros(2, dtype=torch.float64), 1.0)
-    assert dx.tolist() == pytest.approx([1.0, 1.0])
 
 
 # ---------------------------------------------------------------- chapter 5
