@@ -244,6 +244,9 @@ def bfgs(prob: Problem, x: Tensor, step_size: float, state: Optional[BFGSState] 
     g = _flat(g)
     n = xf.numel()
     if state.B is None:
+        from .problem import _dense_bytes, check_memory
+
+        check_memory(_dense_bytes(n, n, x.dtype), f"the dense {n}x{n} BFGS matrix")
         state.B = torch.eye(n, dtype=x.dtype, device=x.device)
     elif state.x_prev is not None:
         s = xf - state.x_prev
@@ -337,7 +340,7 @@ def _matrix_free(prob, x, dy, damping, solver, solver_options):
 
 
 def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, str] = 0.0,
-       solver: str = "dense", state: Optional[LMState] = None, rcond: Optional[float] = None,
+       solver: str = "auto", state: Optional[LMState] = None, rcond: Optional[float] = None,
        damping_scale: str = "marquardt", **solver_options) -> Tensor:
     r"""Inverse-gradient step ``Δx = (∂y/∂x)^{-1} Δy`` with ``Δy = η (y* − P(x))``
     (chapter 4, eq. ``ig-update``), using the pseudo-inverse ``J^+`` so that square, tall and
@@ -356,7 +359,8 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
     ``solver``
         ``"dense"`` forms ``J`` (small problems); ``"lsqr"``/``"cg"`` never form it and solve the
         (damped) least-squares problem with Krylov iterations over ``jvp``/``vjp``
-        (:mod:`physgrad.matfree`). ``"auto"`` picks dense when ``J`` has at most 4·10⁶ entries.
+        (:mod:`physgrad.matfree`). ``"auto"`` (default) picks dense when ``J`` has at most
+        4·10⁶ entries (32 MB in float64) and LSQR above; ``damping="auto"`` always uses dense.
         Options of the Krylov solver pass through: ``maxiter``, ``solver_tol`` (its relative
         tolerance; plain ``tol`` belongs to :func:`physgrad.optimize`), ``jvp_mode``, and
         ``scale`` (the diagonal ``D²`` of the damping term). On the matrix-free path
@@ -368,7 +372,8 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
         raise TypeError(f"ig() got unexpected option(s) {sorted(unknown)}; known: damping, solver, state, "
                         f"rcond, damping_scale, and for the matrix-free solvers {sorted(_MATFREE_OPTIONS)}")
     if solver == "auto":
-        solver = "dense" if prob.target.numel() * x.numel() <= 4_000_000 else "lsqr"
+        small = prob.target.numel() * x.numel() <= 4_000_000
+        solver = "dense" if small or damping == "auto" else "lsqr"
     if solver == "dense" and solver_options:
         raise TypeError(f"option(s) {sorted(solver_options)} only apply to solver='lsqr'/'cg', not 'dense'")
     if solver not in ("dense", "lsqr", "cg"):

@@ -226,3 +226,50 @@ def test_pg_costs_k_plus_one_forwards_and_k_inverses():
 
     res = physgrad.optimize(toy(), toy_x0(), "pg", steps=7, step_size=0.5)
     assert res.nit == 7 and res.counts == {"forward": 8, "inverse": 7}
+
+
+# ---------------------------------------------------------------------------- memory and cost
+@pytest.mark.parametrize("method", ["newton", "ig", "hig", "bfgs"])
+def test_dense_methods_raise_memory_budget_error_before_allocating(method, monkeypatch):
+    # report bug 10 at a size that is cheap to run: budget 1 MB, n = 1000 (8 MB per dense matrix)
+    monkeypatch.setenv("PHYSGRAD_MEMORY_BUDGET", "1M")
+    n = 1000
+    prob = physgrad.Problem(lambda x: x + 0.1 * x ** 3, torch.ones(n, dtype=D))
+    kw = {"solver": "dense"} if method == "ig" else {}
+    with pytest.raises(errors.MemoryBudgetError, match="lbfgs.*lsqr") as ei:
+        physgrad.optimize(prob, torch.zeros(n, dtype=D), method, steps=1, **kw)
+    assert ei.value.result.nit == 0
+    # the matrix-free methods run under the same budget
+    assert physgrad.optimize(prob, torch.zeros(n, dtype=D), "lbfgs", steps=3).success
+    monkeypatch.setenv("PHYSGRAD_MEMORY_BUDGET", "1G")
+    assert physgrad.optimize(prob, torch.zeros(n, dtype=D), method, steps=1, **kw).nit == 1
+
+
+def test_ig_auto_solver_goes_matrix_free_when_large():
+    n = 2100  # J would have 4.4e6 entries > 4e6
+    prob = physgrad.Problem(lambda x: 2 * x, torch.ones(n, dtype=D))
+    res = physgrad.optimize(prob, torch.zeros(n, dtype=D), "ig", steps=1)
+    assert "jacobian" not in res.counts and res.counts.get("vjp", 0) + res.counts.get("jvp", 0) >= 0
+    assert res.fun < 1e-6 * res.losses[0].item()
+
+
+def test_autograd_jacobian_matches_jacrev():
+    prob = decay_problem()
+    J = prob.jacobian(X0)
+    pa = physgrad.Problem(decay, decay(X_TRUE), jacobian_mode="autograd")
+    torch.testing.assert_close(pa.jacobian(X0), J, rtol=1e-12, atol=1e-14)
+
+
+def test_autograd_only_paths_do_not_import_torch_func_machinery():
+    # (adam is left out: torch.optim.Adam itself imports torch._dynamo)
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, physgrad\n"
+            "from physgrad.problems.toy import toy, toy_x0\n"
+            "for m, kw in (('gd', {'step_size': 0.01}), ('pg', {}), ('lbfgs', {})):\n"
+            "    physgrad.optimize(toy(), toy_x0(), m, steps=3, **kw)\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
