@@ -315,6 +315,9 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         raise ValueError(f"step_size must be a positive finite number, got {step_size}")
     _check_options(fn, method, options)
 
+    if torch.is_tensor(x0) and x0.device.type == "meta":
+        raise TypeError("x0 is on the 'meta' device, which holds no data: optimization needs real values. "
+                        "Create x0 on 'cpu' or 'cuda'.")
     x = problem.check_x(x0, "x0").detach().clone()
     state_kw = {k: options.pop(k) for k in list(options) if _STATE_OPTIONS.get(k) == method}
     state = _make_state(method, options, state_kw, state)

@@ -123,6 +123,20 @@ def check_memory(nbytes: int, what: str) -> None:
             "variable PHYSGRAD_MEMORY_BUDGET (e.g. PHYSGRAD_MEMORY_BUDGET=16G).")
 
 
+#: jacobian_mode="auto" times the other mode only when one Jacobian takes longer than this (s)
+AUTO_MEASURE_S = 0.02
+
+
+def _dense_jacobian(f, xf: Tensor, mode: str) -> Tensor:
+    if mode == "autograd":
+        return _autograd_jacobian(f, xf)
+    from torch.func import jacfwd, jacrev
+
+    # .to(xf.dtype): forward mode can promote to float64 when P mixes 0-dim tensors with
+    # Python floats (torch 2.13); the Jacobian must follow x's dtype like everything else
+    return (jacfwd(f) if mode == "fwd" else jacrev(f))(xf).to(xf.dtype)
+
+
 def _grad_or_zeros(out: Tensor, x: Tensor, grad_out: Optional[Tensor] = None) -> Tensor:
     """``torch.autograd.grad`` that returns zeros where ``out`` does not depend on ``x``
     (as ``torch.func`` does) instead of raising."""
@@ -165,11 +179,12 @@ class Problem:
         A label used in plots and tables.
     jacobian_mode:
         ``"rev"`` (reverse mode, :func:`torch.func.jacrev`, cheap when y is small) or ``"fwd"``
-        (:func:`torch.func.jacfwd`, cheap when x is small). Default ``"auto"`` picks by size
-        (``"fwd"`` when x has at most as many entries as y). ``"autograd"``: plain reverse-mode
-        autograd, one backward per output entry, no ``torch.func``; on Python time-loop
-        simulators forward mode can be several times slower than reverse mode, so try
-        ``"rev"`` or ``"autograd"`` there.
+        (:func:`torch.func.jacfwd`, cheap when x is small). Default ``"auto"``: the size rule
+        (``"fwd"`` when x has at most as many entries as y), except that when one Jacobian takes
+        longer than 20 ms the other mode is timed once and kept if it is 1.5x faster (forward
+        mode can be several times slower than reverse mode on Python time-loop simulators).
+        The choice is cached per shape, dtype and device. ``"autograd"``: plain reverse-mode
+        autograd, one backward per output entry, no ``torch.func`` (for few outputs).
 
     The forward must be differentiable torch code: ``.item()``, ``float(t)`` or Python ``if`` on
     tensor values silently cut the derivative (wrong gradients, no error), and ``.numpy()``
@@ -186,6 +201,7 @@ class Problem:
     name: str = "problem"
     jacobian_mode: str = "auto"
     counts: dict = field(default_factory=dict, repr=False, compare=False)
+    _auto_modes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not callable(self.forward):
@@ -283,21 +299,43 @@ class Problem:
         m = self.target.numel()
         check_memory(_dense_bytes(m, xf.numel(), xf.dtype), f"a dense {m}x{xf.numel()} Jacobian")
         if mode == "auto":
-            mode = "fwd" if xf.numel() <= m else "rev"
-        if mode == "autograd":
-            J = _autograd_jacobian(f, xf)
+            key = (xf.numel(), m, xf.dtype, xf.device)
+            mode = self._auto_modes.get(key)
+            if mode is None:
+                J, mode = self._pick_jacobian_mode(f, xf, m)
+                self._auto_modes[key] = mode
+            else:
+                J = _dense_jacobian(f, xf, mode)
         else:
-            from torch.func import jacfwd, jacrev
-
-            # .to(xf.dtype): forward mode can promote to float64 when P mixes 0-dim tensors with
-            # Python floats (torch 2.13); the Jacobian must follow x's dtype like everything else
-            J = (jacfwd(f) if mode == "fwd" else jacrev(f))(xf).to(xf.dtype)
+            J = _dense_jacobian(f, xf, mode)
         if J.shape != (self.target.numel(), xf.numel()):
             raise ShapeError(
                 f"the Jacobian has shape {tuple(J.shape)}; expected {(self.target.numel(), xf.numel())}. "
                 "Does P(x) have the shape of the target?"
             )
         return J
+
+    def _pick_jacobian_mode(self, f, xf: Tensor, m: int):
+        """``jacobian_mode="auto"``: start from the size rule (forward mode when x has at most as
+        many entries as y); if one warm Jacobian takes longer than ``AUTO_MEASURE_S``, time the
+        other mode once (warm) and keep it if it is at least 1.5x faster. Cheap Jacobians are
+        never timed, so small problems get the deterministic size rule."""
+        import time
+
+        mode = "fwd" if xf.numel() <= m else "rev"
+        for _ in range(2):  # a slow first call may only be torch.func's one-off import: time it warm
+            t0 = time.perf_counter()
+            J = _dense_jacobian(f, xf, mode)
+            dt = time.perf_counter() - t0
+            if dt < AUTO_MEASURE_S:
+                return J, mode
+        other = "rev" if mode == "fwd" else "fwd"
+        J2 = _dense_jacobian(f, xf, other)  # warm-up of the other mode
+        t0 = time.perf_counter()
+        J2 = _dense_jacobian(f, xf, other)
+        if 1.5 * (time.perf_counter() - t0) < dt:
+            return J2, other
+        return J, mode
 
     def grad(self, x: Tensor) -> Tensor:
         r"""Gradient ``g = (dL/dx)^T = J^T (P(x) - y*)`` (eq. ``loss-deriv``), shaped like x."""

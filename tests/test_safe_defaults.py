@@ -273,3 +273,33 @@ def test_autograd_only_paths_do_not_import_torch_func_machinery():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_auto_jacobian_mode_keeps_the_size_rule_when_cheap_and_measures_when_slow(monkeypatch):
+    import time as _time
+
+    import physgrad.problem as pp
+
+    real = pp._dense_jacobian
+    calls = []
+
+    def fake(f, xf, mode, slow=None):
+        calls.append(mode)
+        if mode == slow_mode[0]:
+            _time.sleep(0.06)  # a forward mode that is slow on this simulator (Python time loop)
+        return real(f, xf, mode)
+
+    slow_mode = [None]
+    monkeypatch.setattr(pp, "_dense_jacobian", fake)
+    prob = decay_problem()  # n = 3 <= m = 25: the size rule says forward mode
+    J = prob.jacobian(X0)
+    assert calls == ["fwd"] and list(prob._auto_modes.values()) == ["fwd"]
+    slow_mode[0] = "fwd"
+    calls.clear()
+    prob = decay_problem()
+    J2 = prob.jacobian(X0)
+    assert calls == ["fwd", "fwd", "rev", "rev"] and list(prob._auto_modes.values()) == ["rev"]
+    torch.testing.assert_close(J2, J, rtol=1e-12, atol=1e-14)
+    calls.clear()
+    prob.jacobian(X0)
+    assert calls == ["rev"]  # cached
