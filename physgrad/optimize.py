@@ -144,8 +144,7 @@ class Result:
 
     def __repr__(self) -> str:
         return (f"Result(method={self.method!r}, step_size={self.step_size:g}, nit={self.nit}, "
-                f"loss {self.losses[0].item():.4g} -> {self.losses[-1].item():.4g}, success={self.success}, "
-                f"status={self.status}, message={self.message!r})")
+                f"loss {self.losses[0].item():.4g} -> {self.losses[-1].item():.4g}, message={self.message!r})")
 
 
 def _progress_bar(progress, steps: int, method: str):
@@ -419,7 +418,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
             if bar is not None:
                 bar.close()
     if status > 0 and Lf == 0:
-        status, message = 0, f"reached L = 0 ({message})"
+        status, message = 0, ("reached L = 0; the run went on to the step limit ({})".format(steps) if status == 1
+                              else f"reached L = 0; {message}")
     elif status > 0 and zero_step:
         status, message = run.stall(k, x, Lf, L0, "the last update was zero (no step length along the direction "
                                     "lowers L, or the inverse returned x itself)")
