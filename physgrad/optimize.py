@@ -18,6 +18,7 @@ in ``message`` and has ``success=False``.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
@@ -135,6 +136,18 @@ class Result:
                 _, g = self._problem.value_and_grad(self.x)
             self._grad_norm = float(torch.linalg.vector_norm(g))
         return float("nan") if self._grad_norm is None else self._grad_norm
+
+    def __getstate__(self):
+        # picklable even when the Problem is not (a lambda forward): keep the gradient norm, drop
+        # the Problem
+        d = dict(self.__dict__)
+        if d.get("_grad_norm") is None and d.get("_problem") is not None:
+            try:
+                d["_grad_norm"] = self.grad_norm
+            except Exception:  # noqa: BLE001 - a diagnostic must not make pickling fail
+                pass
+        d["_problem"] = None
+        return d
 
     @property
     def rel_losses(self) -> Tensor:
@@ -436,16 +449,23 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
 
 def _check_options(fn, method, options):
     """Reject unknown options before any work (the update would only fail at step 1)."""
+    known = _known_options(fn, method)
+    if known is None:
+        return  # ig checks its solver options itself, before the first step's work
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"{method}() got unexpected option(s) {unknown}; known: {sorted(known) or 'none'}")
+
+
+@functools.lru_cache(maxsize=None)
+def _known_options(fn, method):
     import inspect
 
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # ig checks its solver options itself, before the first step's work
-    known = {n for n in list(params)[3:]} | {k for k, m in _STATE_OPTIONS.items() if m == method}
-    known -= {"state", "y0", "check"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"{method}() got unexpected option(s) {unknown}; known: {sorted(known) or 'none'}")
+        return None
+    known = set(list(params)[3:]) | {k for k, m in _STATE_OPTIONS.items() if m == method}
+    return frozenset(known - {"state", "y0", "check"})
 
 
 def _nonfinite_message(k, method, step_size, dx, L_new):

@@ -303,3 +303,12 @@ def test_auto_jacobian_mode_keeps_the_size_rule_when_cheap_and_measures_when_slo
     calls.clear()
     prob.jacobian(X0)
     assert calls == ["rev"]  # cached
+
+
+def test_result_pickles_with_a_lambda_forward():
+    import pickle
+
+    prob = physgrad.Problem(lambda x: 2 * x, torch.ones(3, dtype=D))
+    res = physgrad.optimize(prob, torch.zeros(3, dtype=D), "gd", steps=3, step_size=0.1)
+    back = pickle.loads(pickle.dumps(res))
+    assert torch.equal(back.xs, res.xs) and back.status == res.status and back.grad_norm == res.grad_norm
