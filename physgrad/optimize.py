@@ -419,7 +419,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                 if time_budget is not None and times[-1] > time_budget:
                     status, message = 3, f"time budget of {time_budget:g} s used after {k + 1} steps"
                     break
-        except Exception as e:
+        except (Exception, KeyboardInterrupt) as e:  # Ctrl-C in a notebook keeps the trajectory too
             where = f"in the callback after step {k + 1}" if phase == "callback" else f"at step {k + 1}"
             code = -1 if isinstance(e, NonFiniteError) else -4
             e.result = run.result(x, f"stopped {where}: {type(e).__name__}: {e}", code)

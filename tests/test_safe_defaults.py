@@ -184,6 +184,14 @@ def test_user_forward_and_callback_exceptions_carry_result():
         physgrad.optimize(prob, torch.zeros(3, dtype=D), "gd", steps=10, step_size=0.01, callback=cb)
     assert ei.value.result.nit == 3 and "callback" in ei.value.result.message
 
+    def interrupt(k, x, L):
+        if k == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as ei:
+        physgrad.optimize(prob, torch.zeros(3, dtype=D), "gd", steps=10, step_size=0.01, callback=interrupt)
+    assert ei.value.result.nit == 5
+
 
 def test_user_state_is_honoured_or_rejected():
     # report bug 2: warm start of LM's lambda and of BFGS's matrix
