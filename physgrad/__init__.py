@@ -13,6 +13,33 @@ The package behind the book *Inverting Gradients*. The core objects:
 * :mod:`physgrad.problems` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
 * :mod:`physgrad.nn`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`, :mod:`physgrad.bench` —
   network training, interactive explorers, figures, benchmark (imported on demand).
+
+Dtype and device policy (checked by :func:`optimize` before the first step)
+---------------------------------------------------------------------------
+* The run follows ``x0``: its dtype and device are those of every iterate, Jacobian and loss;
+  the target is converted to them on use. Nothing hard-codes a device.
+* float32 and float64: every method.
+* float16 and bfloat16: ``gd``, ``adam``, ``lbfgs`` and ``pg``. ``newton``, ``bfgs``, ``ig`` and
+  ``hig`` need dense linear algebra (eigh, SVD, solves) that torch lacks in half precision and
+  raise ``TypeError`` at the start, asking for float32. physgrad never upcasts silently.
+* complex x: ``gd``, ``adam`` and ``pg`` (the loss is ``½||P(x) − y*||²`` with ``|·|²``). The
+  other methods assume real numbers and raise ``TypeError`` at the start: optimize
+  ``torch.view_as_real(x0)`` instead.
+* The forward's output must have the precision of x (``P(x).dtype == x.dtype``, or its complex
+  counterpart); otherwise ``TypeError`` at the start. A complex output of a real x is refused by
+  ``ig`` and ``hig`` (their Jacobian must be real). An inverse simulator must return the dtype of
+  its ``x0`` (else :class:`InverseSimulatorError`).
+* ``Problem(P, None)`` raises ``TypeError``; a list or array target becomes a tensor.
+* Dense matrices (Jacobian, Hessian, BFGS matrix) are checked against a memory budget before
+  allocation (default 2 GiB including work space; environment variable
+  ``PHYSGRAD_MEMORY_BUDGET``, e.g. ``8G`` or ``inf``): above it :class:`MemoryBudgetError`
+  suggests ``lbfgs`` or ``ig`` with ``solver="lsqr"``. ``ig``'s default ``solver="auto"`` goes
+  matrix-free above 4·10⁶ Jacobian entries.
+
+Safe defaults, pure on request: ``newton`` and ``hig`` backtrack (Armijo) from η, ``newton``
+modifies an indefinite Hessian to descend, ``bfgs``/``lbfgs`` use a strong-Wolfe search;
+``line_search=None`` gives the book's pure fixed-step forms. Outcome fields and stopping
+criteria (``tol``, ``atol``, ``gtol``, ``xtol``): see :func:`optimize` and :class:`Result`.
 """
 
 from . import errors, inverse, linalg, matfree, problems, updates
@@ -25,13 +52,13 @@ from .errors import (
     ShapeError,
     SingularMatrixError,
 )
-from .optimize import METHODS, Result, optimize
+from .optimize import METHODS, STATUS, Result, optimize
 from .problem import Problem
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Problem", "optimize", "Result", "METHODS", "updates", "linalg", "matfree", "inverse", "problems",
+    "Problem", "optimize", "Result", "METHODS", "STATUS", "updates", "linalg", "matfree", "inverse", "problems",
     "errors",
     "PhysgradError", "ShapeError", "NonFiniteError", "SingularMatrixError", "MissingInverseError",
     "InverseSimulatorError", "MemoryBudgetError",

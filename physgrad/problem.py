@@ -14,14 +14,14 @@ the target is moved there on use.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from torch.func import grad as _fgrad
-from torch.func import hessian as _fhessian
-from torch.func import jacfwd, jacrev, jvp, vjp
 
 from .errors import (
     InverseSimulatorError,
@@ -30,9 +30,37 @@ from .errors import (
     ShapeError,
 )
 
-__all__ = ["Problem", "check_finite"]
+# torch.func is imported inside the methods that need it (Jacobians, Hessians, forward mode):
+# its first use in a process costs 1-2 s (torch._dynamo), which paths that need only plain
+# autograd (gd, adam, lbfgs, pg with an analytic inverse) never pay.
+
+__all__ = ["Problem", "check_finite", "count_calls"]
 
 Tensor = torch.Tensor
+
+# Per-run call counters: a stack of dicts private to the current thread / context, so that
+# optimize() reports the calls of *its* run even when a Problem is shared between threads.
+_RUN_COUNTERS: contextvars.ContextVar = contextvars.ContextVar("physgrad_run_counters", default=())
+_COUNTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def count_calls(isolated: bool = False):
+    """Count the calls of every :class:`Problem` made inside the ``with`` block, in this thread
+    (or asyncio context) only::
+
+        with count_calls() as c:
+            prob.jacobian(x)
+        c  # {'jacobian': 1}
+
+    ``isolated=True`` hides the calls from enclosing counters (used to label the work inside an
+    inverse simulator separately)."""
+    d: dict = {}
+    token = _RUN_COUNTERS.set((d,) if isolated else _RUN_COUNTERS.get() + (d,))
+    try:
+        yield d
+    finally:
+        _RUN_COUNTERS.reset(token)
 
 
 def check_finite(t: Tensor, what: str) -> Tensor:
@@ -43,6 +71,94 @@ def check_finite(t: Tensor, what: str) -> Tensor:
         bad = int((~torch.isfinite(t)).sum())
         raise NonFiniteError(f"{what} contains {bad} non-finite value(s) (NaN or Inf) out of {t.numel()}.")
     return t
+
+
+INVERSE_NONFINITE = (
+    "the inverse simulator returned non-finite values (NaN/Inf): the requested y = P(x0) + dy "
+    "may lie outside the range of P. Use a smaller step_size, or a damped/regularized inverse.")
+
+_JACOBIAN_MODES = ("auto", "rev", "fwd", "autograd")
+
+#: default memory budget for one dense matrix (Jacobian, Hessian, BFGS matrix) and its work space
+DEFAULT_MEMORY_BUDGET = 2 * 1024 ** 3
+_WORKSPACE_FACTOR = 3  # the matrix, its factorization (SVD/eigh) and the transform's work space
+
+
+def memory_budget() -> int:
+    """The budget in bytes: the environment variable ``PHYSGRAD_MEMORY_BUDGET`` (bytes, or with
+    a suffix ``K``/``M``/``G``, e.g. ``"8G"``; ``"inf"`` disables the guard), else 2 GiB."""
+    import os
+
+    v = os.environ.get("PHYSGRAD_MEMORY_BUDGET", "").strip()
+    if not v:
+        return DEFAULT_MEMORY_BUDGET
+    if v.lower() in ("inf", "none", "off"):
+        return 2 ** 63
+    mult = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+    u = v[-1].upper()
+    if u == "B" and len(v) > 1 and v[-2].upper() in mult:
+        v, u = v[:-1], v[-2].upper()
+    try:
+        return int(float(v[:-1]) * mult[u]) if u in mult else int(float(v))
+    except ValueError:
+        raise ValueError(f"PHYSGRAD_MEMORY_BUDGET must be a number of bytes (e.g. 4e9 or 8G), got {v!r}") from None
+
+
+def _dense_bytes(m: int, n: int, dtype) -> int:
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return _WORKSPACE_FACTOR * m * n * itemsize
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Raise :class:`~physgrad.errors.MemoryBudgetError` *before* allocating if ``nbytes``
+    exceeds :func:`memory_budget`."""
+    budget = memory_budget()
+    if nbytes > budget:
+        from .errors import MemoryBudgetError
+
+        raise MemoryBudgetError(
+            f"{what} needs about {nbytes / 1e9:.3g} GB (matrix and work space), above the memory budget "
+            f"of {budget / 1e9:.3g} GB. Use a method that never forms it: method='lbfgs', or "
+            "method='ig' with solver='lsqr' (matrix-free); or raise the budget with the environment "
+            "variable PHYSGRAD_MEMORY_BUDGET (e.g. PHYSGRAD_MEMORY_BUDGET=16G).")
+
+
+#: jacobian_mode="auto" times the other mode only when one Jacobian takes longer than this (s)
+AUTO_MEASURE_S = 0.02
+
+
+def _dense_jacobian(f, xf: Tensor, mode: str) -> Tensor:
+    if mode == "autograd":
+        return _autograd_jacobian(f, xf)
+    from torch.func import jacfwd, jacrev
+
+    # .to(xf.dtype): forward mode can promote to float64 when P mixes 0-dim tensors with
+    # Python floats (torch 2.13); the Jacobian must follow x's dtype like everything else
+    return (jacfwd(f) if mode == "fwd" else jacrev(f))(xf).to(xf.dtype)
+
+
+def _grad_or_zeros(out: Tensor, x: Tensor, grad_out: Optional[Tensor] = None) -> Tensor:
+    """``torch.autograd.grad`` that returns zeros where ``out`` does not depend on ``x``
+    (as ``torch.func`` does) instead of raising."""
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(out, x, grad_out, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
+def _autograd_jacobian(f, xf: Tensor) -> Tensor:
+    """Dense Jacobian by plain reverse-mode autograd, one backward pass per output row
+    (no torch.func): the cheapest choice for a Python-loop simulator with few outputs."""
+    xr = xf.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = f(xr)
+        rows = []
+        for i in range(y.numel()):
+            (gi,) = torch.autograd.grad(y[i], xr, retain_graph=i + 1 < y.numel(), allow_unused=True)
+            rows.append(torch.zeros_like(xf) if gi is None else gi)
+    if not rows:
+        return torch.zeros(0, xf.numel(), dtype=xf.dtype, device=xf.device)
+    return torch.stack(rows).to(xf.dtype)
 
 
 @dataclass
@@ -63,7 +179,20 @@ class Problem:
         A label used in plots and tables.
     jacobian_mode:
         ``"rev"`` (reverse mode, :func:`torch.func.jacrev`, cheap when y is small) or ``"fwd"``
-        (:func:`torch.func.jacfwd`, cheap when x is small). Default ``"auto"`` picks by size.
+        (:func:`torch.func.jacfwd`, cheap when x is small). Default ``"auto"``: the size rule
+        (``"fwd"`` when x has at most as many entries as y), except that when one Jacobian takes
+        longer than 20 ms the other mode is timed once and kept if it is 1.5x faster (forward
+        mode can be several times slower than reverse mode on Python time-loop simulators).
+        The choice is cached per shape, dtype and device. ``"autograd"``: plain reverse-mode
+        autograd, one backward per output entry, no ``torch.func`` (for few outputs).
+
+    The forward must be differentiable torch code: ``.item()``, ``float(t)`` or Python ``if`` on
+    tensor values silently cut the derivative (wrong gradients, no error), and ``.numpy()``
+    fails under ``torch.func`` with "Cannot access data pointer of Tensor that doesn't have
+    storage". Dense Jacobians and Hessians are checked against a memory budget before they
+    are allocated (:func:`memory_budget`, environment variable ``PHYSGRAD_MEMORY_BUDGET``).
+    ``counts`` holds the cumulative calls over the Problem's life (all threads);
+    :attr:`physgrad.Result.counts` holds those of one run.
     """
 
     forward: Callable[[Tensor], Tensor]
@@ -72,23 +201,34 @@ class Problem:
     name: str = "problem"
     jacobian_mode: str = "auto"
     counts: dict = field(default_factory=dict, repr=False, compare=False)
+    _auto_modes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not callable(self.forward):
             raise TypeError("Problem.forward must be callable: a function x -> P(x)")
         if self.inverse is not None and not callable(self.inverse):
             raise TypeError("Problem.inverse must be callable: a function (y, x0) -> x, or None")
+        if self.target is None:
+            raise TypeError("Problem needs a target y*: Problem(forward, target), with target a tensor "
+                            "(or array-like) of the shape of P(x); got None")
         if not torch.is_tensor(self.target):
-            self.target = torch.as_tensor(self.target)
+            try:
+                self.target = torch.as_tensor(self.target)
+            except Exception as e:
+                raise TypeError(f"Problem's target y* must be a tensor or array-like, got "
+                                f"{type(self.target).__name__}: {e}") from None
         if not (self.target.is_floating_point() or self.target.is_complex()):
             self.target = self.target.to(torch.get_default_dtype())  # [1, 2] -> float, not int64
         check_finite(self.target, "target y*")
-        if self.jacobian_mode not in ("auto", "rev", "fwd"):
-            raise ValueError(f"jacobian_mode must be 'auto', 'rev' or 'fwd', got {self.jacobian_mode!r}")
+        if self.jacobian_mode not in _JACOBIAN_MODES:
+            raise ValueError(f"jacobian_mode must be one of {_JACOBIAN_MODES}, got {self.jacobian_mode!r}")
 
     # ------------------------------------------------------------------ helpers
     def _count(self, key: str, k: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + k
+        with _COUNTS_LOCK:  # cumulative totals over the Problem's life (all threads)
+            self.counts[key] = self.counts.get(key, 0) + k
+        for d in _RUN_COUNTERS.get():  # the counters of the runs active in this thread
+            d[key] = d.get(key, 0) + k
 
     def target_like(self, y: Tensor) -> Tensor:
         """The target on the dtype/device of ``y``."""
@@ -133,7 +273,11 @@ class Problem:
 
     def loss(self, x: Tensor) -> Tensor:
         r"""``L(x) = 1/2 ||P(x) - y*||_2^2`` (a 0-dim tensor)."""
-        r = self.residual(x)
+        return self.loss_of_output(self.simulate(x))
+
+    def loss_of_output(self, y: Tensor) -> Tensor:
+        r"""The loss ``1/2 ||y - y*||^2`` of an already simulated ``y = P(x)`` (no forward call)."""
+        r = y - self.target_like(y)
         # r*r (not |r|^2): abs() has a zero second derivative at r = 0, which would corrupt Hessians
         return 0.5 * (r * r.conj()).real.sum() if r.is_complex() else 0.5 * (r * r).sum()
 
@@ -152,12 +296,18 @@ class Problem:
         f = self._flat_forward(x)
         xf = x.detach().reshape(-1)
         mode = self.jacobian_mode
+        m = self.target.numel()
+        check_memory(_dense_bytes(m, xf.numel(), xf.dtype), f"a dense {m}x{xf.numel()} Jacobian")
         if mode == "auto":
-            m = self.target.numel()
-            mode = "fwd" if xf.numel() <= m else "rev"
-        # .to(xf.dtype): forward mode can promote to float64 when P mixes 0-dim tensors with
-        # Python floats (torch 2.13); the Jacobian must follow x's dtype like everything else
-        J = (jacfwd(f) if mode == "fwd" else jacrev(f))(xf).to(xf.dtype)
+            key = (xf.numel(), m, xf.dtype, xf.device)
+            mode = self._auto_modes.get(key)
+            if mode is None:
+                J, mode = self._pick_jacobian_mode(f, xf, m)
+                self._auto_modes[key] = mode
+            else:
+                J = _dense_jacobian(f, xf, mode)
+        else:
+            J = _dense_jacobian(f, xf, mode)
         if J.shape != (self.target.numel(), xf.numel()):
             raise ShapeError(
                 f"the Jacobian has shape {tuple(J.shape)}; expected {(self.target.numel(), xf.numel())}. "
@@ -165,10 +315,31 @@ class Problem:
             )
         return J
 
+    def _pick_jacobian_mode(self, f, xf: Tensor, m: int):
+        """``jacobian_mode="auto"``: start from the size rule (forward mode when x has at most as
+        many entries as y); if one warm Jacobian takes longer than ``AUTO_MEASURE_S``, time the
+        other mode once (warm) and keep it if it is at least 1.5x faster. Cheap Jacobians are
+        never timed, so small problems get the deterministic size rule."""
+        import time
+
+        mode = "fwd" if xf.numel() <= m else "rev"
+        for _ in range(2):  # a slow first call may only be torch.func's one-off import: time it warm
+            t0 = time.perf_counter()
+            J = _dense_jacobian(f, xf, mode)
+            dt = time.perf_counter() - t0
+            if dt < AUTO_MEASURE_S:
+                return J, mode
+        other = "rev" if mode == "fwd" else "fwd"
+        J2 = _dense_jacobian(f, xf, other)  # warm-up of the other mode
+        t0 = time.perf_counter()
+        J2 = _dense_jacobian(f, xf, other)
+        if 1.5 * (time.perf_counter() - t0) < dt:
+            return J2, other
+        return J, mode
+
     def grad(self, x: Tensor) -> Tensor:
         r"""Gradient ``g = (dL/dx)^T = J^T (P(x) - y*)`` (eq. ``loss-deriv``), shaped like x."""
-        self._count("grad")
-        return _fgrad(lambda z: self.loss(z))(x.detach())
+        return self.value_and_grad(x)[1]
 
     def value_and_grad(self, x: Tensor):
         """``(L(x), grad L(x))`` from one forward and one backward pass."""
@@ -176,13 +347,16 @@ class Problem:
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             L = self.loss(xr)
-            (g,) = torch.autograd.grad(L, xr)
+            g = _grad_or_zeros(L, xr)
         return L.detach(), g
 
     def hessian(self, x: Tensor) -> Tensor:
         r"""Exact Hessian ``d^2L/dx^2`` as an ``(n, n)`` matrix (torch.func.hessian)."""
+        from torch.func import hessian as _fhessian
+
         self._count("hessian")
         shape = x.shape
+        check_memory(_dense_bytes(x.numel(), x.numel(), x.dtype), f"a dense {x.numel()}x{x.numel()} Hessian")
 
         def Lf(xf):
             return self.loss(xf.reshape(shape))
@@ -193,6 +367,10 @@ class Problem:
         r"""``(∇L, ∂²L/∂x²)`` from one forward-over-reverse pass (``jacfwd(grad)`` with the
         gradient as auxiliary output): cheaper than :meth:`grad` and :meth:`hessian` separately.
         The gradient is shaped like ``x``, the Hessian is ``(n, n)``."""
+        from torch.func import grad as _fgrad
+        from torch.func import jacfwd
+
+        check_memory(_dense_bytes(x.numel(), x.numel(), x.dtype), f"a dense {x.numel()}x{x.numel()} Hessian")
         self._count("grad")
         self._count("hessian")
         shape = x.shape
@@ -206,18 +384,28 @@ class Problem:
 
     def jvp(self, x: Tensor, v: Tensor) -> Tensor:
         """Jacobian-vector product ``J v`` (forward mode), shaped like the target."""
+        from torch.func import jvp
+
         self._count("jvp")
         return jvp(self.forward, (x.detach(),), (v,))[1]
 
     def vjp(self, x: Tensor, u: Tensor) -> Tensor:
         """Vector-Jacobian product ``J^T u`` (reverse mode), shaped like x."""
         self._count("vjp")
-        _, pull = vjp(self.forward, x.detach())
-        return pull(u)[0]
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = self.forward(xr)
+            g = _grad_or_zeros(y, xr, u)
+        return g
 
     # ------------------------------------------------------------------ inverse
-    def apply_inverse(self, y: Tensor, x0: Tensor) -> Tensor:
-        """Evaluate the local inverse ``P^{-1}(y; x0)`` with checks on what it returns."""
+    def apply_inverse(self, y: Tensor, x0: Tensor, check: bool = True) -> Tensor:
+        """Evaluate the local inverse ``P^{-1}(y; x0)`` with checks on what it returns.
+
+        The calls the inverse makes to any :class:`Problem` (e.g. the forwards and Jacobians of
+        :func:`physgrad.inverse.numerical_inverse`) are counted as ``inverse_forward``,
+        ``inverse_jacobian``, ... ``check=False`` skips the finiteness scan of the result (the
+        caller checks it, as :func:`physgrad.optimize` does in its one check per step)."""
         if self.inverse is None:
             raise MissingInverseError(
                 "this method needs a local inverse simulator, but the problem has none. Supply one "
@@ -227,20 +415,25 @@ class Problem:
             )
         self._count("inverse")
         try:
-            x = self.inverse(y, x0)
+            with count_calls(isolated=True) as inner:
+                x = self.inverse(y, x0)
         except Exception as e:  # the user's code failed: say so, keep the cause
             raise InverseSimulatorError(f"the inverse simulator raised {type(e).__name__}: {e}") from e
+        finally:
+            for key, k in inner.items():
+                self._count(f"inverse_{key}", k)
         if not torch.is_tensor(x):
             raise InverseSimulatorError(f"the inverse simulator returned {type(x).__name__}, not a torch.Tensor")
         if x.shape != x0.shape:
             raise ShapeError(
                 f"the inverse simulator returned shape {tuple(x.shape)}, but x has shape {tuple(x0.shape)}"
             )
-        if not bool(torch.isfinite(x).all()):
-            raise NonFiniteError(
-                "the inverse simulator returned non-finite values (NaN/Inf): the requested y = P(x0) + dy "
-                "may lie outside the range of P. Use a smaller step_size, or a damped/regularized inverse."
-            )
+        if x.dtype != x0.dtype:
+            raise InverseSimulatorError(
+                f"the inverse simulator returned dtype {x.dtype} for x of dtype {x0.dtype}; it must follow "
+                "the dtype of its x0 argument (e.g. build its constants with dtype=x0.dtype)")
+        if check and not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(INVERSE_NONFINITE)
         return x
 
     # ------------------------------------------------------------------ transforms

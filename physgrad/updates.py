@@ -36,7 +36,7 @@ from .problem import Problem
 
 __all__ = [
     "gd", "adam", "newton", "bfgs", "lbfgs", "ig", "pg", "hig",
-    "AdamState", "BFGSState", "LBFGSState", "LMState", "y_step",
+    "AdamState", "BFGSState", "LBFGSState", "LMState", "y_step", "descent_newton_direction",
 ]
 
 Tensor = torch.Tensor
@@ -90,35 +90,74 @@ def adam(prob: Problem, x: Tensor, step_size: float, state: Optional[AdamState] 
 
 # ----------------------------------------------------------------------------- second order
 def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
-           rcond: Optional[float] = None, line_search: Optional[str] = None) -> Tensor:
+           rcond: Optional[float] = None, line_search: Optional[str] = "armijo") -> Tensor:
     r"""Newton's method with the exact Hessian, ``Δx = −η (∂²L/∂x²)^{-1} ∂L/∂x``
     (chapter 3, eq. ``newton-update``).
 
-    A singular Hessian raises :class:`~physgrad.errors.SingularMatrixError` unless
-    ``fallback`` is ``"pinv"`` or ``"gd"`` (see :func:`physgrad.linalg.symmetric_solve`).
-    ``line_search=None`` takes the fixed step ``η`` (the textbook form); ``"armijo"`` or
-    ``"wolfe"`` search the step length from ``η``."""
+    ``line_search="armijo"`` (default, the safe form): the step length is backtracked from
+    ``η`` until the Armijo condition ``L(x + t p) <= L(x) + 10⁻⁴ t g·p`` holds, and the
+    direction is always a descent direction: where the Hessian is indefinite or singular its
+    eigenvalues are replaced by ``max(|λ_i|, √eps · max|λ|)`` (Nocedal & Wright §3.4), and a
+    zero Hessian gives the gradient direction. Each such step is counted as
+    ``counts["hessian_modified"]`` and reported in :attr:`physgrad.Result.message`.
+    ``"wolfe"`` searches a strong-Wolfe step instead.
+
+    ``line_search=None``: the pure textbook step ``η`` with the unmodified Hessian. A singular
+    Hessian then raises :class:`~physgrad.errors.SingularMatrixError` unless ``fallback`` is
+    ``"pinv"`` or ``"gd"`` (see :func:`physgrad.linalg.symmetric_solve`); an indefinite one
+    gives a step that may go uphill."""
     g, H = prob.grad_and_hessian(x)
     g = _flat(g)
-    p = -symmetric_solve(H, g, rcond=rcond, fallback=fallback)
     if line_search is None:
+        p = -symmetric_solve(H, g, rcond=rcond, fallback=fallback)
         return (step_size * p).reshape(x.shape)
-    t = _line_search(line_search, prob, x, prob.loss(x), g.reshape(x.shape), p.reshape(x.shape), step_size)
+    if line_search not in ("armijo", "wolfe"):
+        raise ValueError(f"line_search must be None, 'armijo' or 'wolfe', got {line_search!r}")
+    p, modified = descent_newton_direction(H, g, rcond=rcond)
+    if modified:
+        prob._count("hessian_modified")
+    L = prob.loss(x)
+    t = _line_search(line_search, prob, x, L, g.reshape(x.shape), p.reshape(x.shape), step_size)
     return (t * p).reshape(x.shape)
+
+
+def descent_newton_direction(H: Tensor, g: Tensor, rcond: Optional[float] = None):
+    r"""Newton direction ``p = −H^{-1} g`` that is guaranteed to descend (``g·p < 0`` for g ≠ 0).
+
+    If the symmetric part of ``H`` is positive definite (every eigenvalue above
+    ``rcond · max|λ|``, default :func:`physgrad.linalg.default_rcond`), ``p`` is the exact
+    Newton direction. Otherwise the eigenvalues are modified to ``max(|λ_i|, √eps · max|λ|)``
+    (an indefinite Hessian's negative curvature is flipped, near-zero curvature is floored),
+    and a zero Hessian gives ``p = −g``. Returns ``(p, modified)``."""
+    from .linalg import default_rcond
+
+    Hs = 0.5 * (H + H.mT)
+    lam, Q = torch.linalg.eigh(Hs)
+    amax = lam.abs().max() if lam.numel() else torch.zeros((), dtype=lam.dtype)
+    tol = default_rcond(H) if rcond is None else float(rcond)
+    if float(amax) > 0 and bool((lam > tol * amax).all()):
+        return -(Q @ ((Q.mT @ g) / lam)), False
+    if float(amax) == 0:
+        return -g.clone(), True
+    floor = math.sqrt(torch.finfo(lam.dtype).eps) * amax
+    return -(Q @ ((Q.mT @ g) / torch.maximum(lam.abs(), floor))), True
 
 
 def _armijo(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
             c1: float = 1e-4, shrink: float = 0.5, max_tries: int = 40) -> float:
     """Backtracking line search: largest ``t = t0 · shrink^k`` with
-    ``L(x + t p) <= L(x) + c1 t g·p`` (Nocedal & Wright, Alg. 3.1)."""
+    ``L(x + t p) <= L(x) + c1 t g·p`` (Nocedal & Wright, Alg. 3.1). Returns ``0.0`` (no step)
+    when ``p`` is not a descent direction or no tried length decreases the loss."""
     slope = float((g * p).sum())
+    if not slope < 0:
+        return 0.0
     t = t0
     for _ in range(max_tries):
         Lt = prob.loss(x + t * p)
         if bool(torch.isfinite(Lt)) and float(Lt) <= float(L0) + c1 * t * slope:
             return t
         t *= shrink
-    return t
+    return 0.0  # no decrease along p at any tried length: take no step (the caller sees a stall)
 
 
 def _wolfe(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
@@ -187,16 +226,17 @@ class BFGSState:
 
 
 def bfgs(prob: Problem, x: Tensor, step_size: float, state: Optional[BFGSState] = None,
-         line_search: Optional[str] = None) -> Tensor:
+         line_search: Optional[str] = "wolfe") -> Tensor:
     r"""Quasi-Newton step with the BFGS inverse-Hessian update (chapter 3, eq. ``bfgs-update``):
 
     .. math:: B_{k+1} = (I - ρ s y^T) B_k (I - ρ y s^T) + ρ s s^T,\quad
               ρ = 1/(y^T s),\ s = x_{k+1}-x_k,\ y = g_{k+1}-g_k,
 
     and ``Δx = −η B_k g_k``. The update is skipped when ``y^T s <= 0`` (curvature condition
-    violated), which keeps ``B`` positive definite. ``line_search="wolfe"`` (strong Wolfe, the
-    textbook choice) or ``"armijo"`` (backtracking) search the step length from ``η``; the
-    default ``None`` uses ``η`` as it is.
+    violated), which keeps ``B`` positive definite. The default ``line_search="wolfe"`` (strong
+    Wolfe, the textbook choice that guarantees ``y^T s > 0``) or ``"armijo"`` (backtracking)
+    search the step length from ``η``; ``None`` uses ``η`` as it is (the book's fixed-step
+    form, which can diverge on a non-linear problem).
     """
     state = BFGSState() if state is None else state
     xf = _flat(x)
@@ -204,6 +244,9 @@ def bfgs(prob: Problem, x: Tensor, step_size: float, state: Optional[BFGSState] 
     g = _flat(g)
     n = xf.numel()
     if state.B is None:
+        from .problem import _dense_bytes, check_memory
+
+        check_memory(_dense_bytes(n, n, x.dtype), f"the dense {n}x{n} BFGS matrix")
         state.B = torch.eye(n, dtype=x.dtype, device=x.device)
     elif state.x_prev is not None:
         s = xf - state.x_prev
@@ -297,7 +340,7 @@ def _matrix_free(prob, x, dy, damping, solver, solver_options):
 
 
 def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, str] = 0.0,
-       solver: str = "dense", state: Optional[LMState] = None, rcond: Optional[float] = None,
+       solver: str = "auto", state: Optional[LMState] = None, rcond: Optional[float] = None,
        damping_scale: str = "marquardt", **solver_options) -> Tensor:
     r"""Inverse-gradient step ``Δx = (∂y/∂x)^{-1} Δy`` with ``Δy = η (y* − P(x))``
     (chapter 4, eq. ``ig-update``), using the pseudo-inverse ``J^+`` so that square, tall and
@@ -316,7 +359,8 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
     ``solver``
         ``"dense"`` forms ``J`` (small problems); ``"lsqr"``/``"cg"`` never form it and solve the
         (damped) least-squares problem with Krylov iterations over ``jvp``/``vjp``
-        (:mod:`physgrad.matfree`). ``"auto"`` picks dense when ``J`` has at most 4·10⁶ entries.
+        (:mod:`physgrad.matfree`). ``"auto"`` (default) picks dense when ``J`` has at most
+        4·10⁶ entries (32 MB in float64) and LSQR above; ``damping="auto"`` always uses dense.
         Options of the Krylov solver pass through: ``maxiter``, ``solver_tol`` (its relative
         tolerance; plain ``tol`` belongs to :func:`physgrad.optimize`), ``jvp_mode``, and
         ``scale`` (the diagonal ``D²`` of the damping term). On the matrix-free path
@@ -328,7 +372,8 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
         raise TypeError(f"ig() got unexpected option(s) {sorted(unknown)}; known: damping, solver, state, "
                         f"rcond, damping_scale, and for the matrix-free solvers {sorted(_MATFREE_OPTIONS)}")
     if solver == "auto":
-        solver = "dense" if prob.target.numel() * x.numel() <= 4_000_000 else "lsqr"
+        small = prob.target.numel() * x.numel() <= 4_000_000
+        solver = "dense" if small or damping == "auto" else "lsqr"
     if solver == "dense" and solver_options:
         raise TypeError(f"option(s) {sorted(solver_options)} only apply to solver='lsqr'/'cg', not 'dense'")
     if solver not in ("dense", "lsqr", "cg"):
@@ -384,7 +429,8 @@ def _lm_step(prob: Problem, x: Tensor, step_size: float, st: LMState) -> Tensor:
     return torch.zeros_like(x)
 
 
-def pg(prob: Problem, x: Tensor, step_size: float = 1.0) -> Tensor:
+def pg(prob: Problem, x: Tensor, step_size: float = 1.0, y0: Optional[Tensor] = None,
+       check: bool = True) -> Tensor:
     r"""Physical-gradient step from the local inverse simulator (chapter 5, eq. ``pg-update``):
 
     .. math:: \Delta x_{PG} = P^{-1}(y_0 + \Delta y;\, x_0) - x_0,\qquad
@@ -392,28 +438,36 @@ def pg(prob: Problem, x: Tensor, step_size: float = 1.0) -> Tensor:
 
     With an exact inverse, ``P(x_0 + Δx) = y_0 + Δy`` holds exactly, however non-linear P is.
     Needs ``prob.inverse``; without one raises :class:`~physgrad.errors.MissingInverseError`.
+    ``y0``: an already computed, finite ``P(x)`` (saves one forward; :func:`physgrad.optimize`
+    passes the one from its loss evaluation). ``check=False`` leaves the finiteness check of the
+    inverse's output to the caller.
     """
-    y0 = prob.checked_simulate(x)
+    if y0 is None:
+        y0 = prob.checked_simulate(x)
     dy = step_size * (prob.target_like(y0) - y0)
-    return prob.apply_inverse(y0 + dy, x) - x
+    return prob.apply_inverse(y0 + dy, x, check=check) - x
 
 
 def hig(prob: Problem, x: Tensor, step_size: float = 1.0, kappa: float = 0.5,
-        truncation: float = 1e-6, line_search: Optional[str] = None) -> Tensor:
+        truncation: float = 1e-6, line_search: Optional[str] = "armijo") -> Tensor:
     r"""Half-inverse gradient (Schnell et al. 2022; eq. ``hig-update``):
 
     .. math:: \Delta x = η\, V Σ^{-κ} U^T (y^* - P(x)),\qquad J = U Σ V^T ,
 
     with ``κ = 1/2`` by default; ``κ = 1`` is the Gauss–Newton / inverse-gradient step and
     ``κ = −1`` the GD direction ``J^T (y* − P)``. Singular values below
-    ``truncation · σ_max`` are dropped (not clamped). ``line_search=None`` takes the fixed
-    step ``η`` (the paper's form); ``"armijo"`` backtracks from ``η`` along ``Δx``."""
+    ``truncation · σ_max`` are dropped (not clamped). The direction always descends
+    (``g·Δx = −r^T U Σ^{1−κ} U^T r <= 0``). ``line_search="armijo"`` (default, the safe form)
+    backtracks from ``η`` until the Armijo condition holds (no extra Jacobian: ``g = J^T r``);
+    ``None`` takes the fixed step ``η`` (the paper's form, which can overshoot)."""
+    if truncation is None or not (float(truncation) >= 0):
+        raise ValueError(f"truncation must be a number >= 0, got {truncation!r}")
     J = prob.jacobian(x)
     r = _flat(prob.residual(x))
     dx, _ = spectral_solve(J, -r, kappa=kappa, truncation=truncation)
     if line_search is None:
         return (step_size * dx).reshape(x.shape)
-    L, g = prob.value_and_grad(x)
-    t = _line_search(line_search, prob, x, L, g, dx.reshape(x.shape), step_size)
+    L = 0.5 * (r * r).sum()
+    g = J.mT @ r
+    t = _line_search(line_search, prob, x, L, g.reshape(x.shape), dx.reshape(x.shape), step_size)
     return (t * dx).reshape(x.shape)
-

@@ -42,7 +42,8 @@ def closed_form(method, eta, steps=STEPS, x0=(3.0, 3.0)):
 @pytest.mark.parametrize("method,eta", [("gd", 0.01), ("newton", 0.5), ("newton", 1.0), ("ig", 0.5),
                                         ("ig", 1.0), ("pg", 0.5), ("pg", 0.9), ("hig", 0.3)])
 def test_toy_trajectory_matches_closed_form(method, eta):
-    res = physgrad.optimize(toy(), toy_x0(), method, steps=STEPS, step_size=eta)
+    pure = {"line_search": None} if method in ("newton", "hig") else {}  # the textbook fixed step
+    res = physgrad.optimize(toy(), toy_x0(), method, steps=STEPS, step_size=eta, **pure)
     assert res.xs.shape == (STEPS + 1, 2)
     np.testing.assert_allclose(res.xs.numpy(), closed_form(method, eta), rtol=1e-10, atol=1e-12)
     L = 0.5 * (res.xs[:, 0] ** 2 + res.xs[:, 1] ** 4)
@@ -51,7 +52,7 @@ def test_toy_trajectory_matches_closed_form(method, eta):
 
 def test_closed_form_newton_is_geometric():
     # Newton's x2 shrinks by exactly (1 - eta/3) per step: the closed form is (1-eta/3)^k * 3.
-    res = physgrad.optimize(toy(), toy_x0(), "newton", steps=30, step_size=1.0)
+    res = physgrad.optimize(toy(), toy_x0(), "newton", steps=30, step_size=1.0, line_search=None)
     k = torch.arange(31, dtype=torch.float64)
     torch.testing.assert_close(res.xs[:, 1], 3 * (2 / 3) ** k, rtol=1e-12, atol=0)
 
@@ -60,8 +61,9 @@ def test_closed_form_newton_is_geometric():
 @pytest.mark.parametrize("method", ["newton", "ig", "pg", "hig"])
 def test_scale_invariance_of_inverted_methods(method, c):
     steps = 1 if method == "hig" else 10  # HIG's steps grow with sqrt(c): more would diverge at c=1e3
-    ref = physgrad.optimize(toy(), toy_x0(), method, steps=steps, step_size=0.5)
-    res = physgrad.optimize(toy().scaled(c), toy_x0(), method, steps=steps, step_size=0.5)
+    pure = {"line_search": None} if method in ("newton", "hig") else {}
+    ref = physgrad.optimize(toy(), toy_x0(), method, steps=steps, step_size=0.5, **pure)
+    res = physgrad.optimize(toy().scaled(c), toy_x0(), method, steps=steps, step_size=0.5, **pure)
     if method == "hig":
         # HIG is only half-inverted: Sigma^{-1/2} leaves a factor sqrt(c) (it is *not* scale invariant)
         d_ref = ref.xs[1] - ref.xs[0]
@@ -107,7 +109,7 @@ def test_hig_kappa1_equals_gauss_newton_lstsq():
     J = torch.autograd.functional.jacobian(prob.forward, x)
     gn = torch.linalg.lstsq(J, y_star - prob.forward(x)).solution
     for eta in [1.0, 0.3]:
-        torch.testing.assert_close(updates.hig(prob, x, eta, kappa=1.0, truncation=0.0), eta * gn,
+        torch.testing.assert_close(updates.hig(prob, x, eta, kappa=1.0, truncation=0.0, line_search=None), eta * gn,
                                    rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(updates.ig(prob, x, 1.0), gn, rtol=1e-10, atol=1e-12)
 
@@ -121,7 +123,7 @@ def test_hig_truncation_drops_not_clamps():
     r = -(U @ torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64))  # residual P - y*; y* - P = U·1
     prob = physgrad.Problem(lambda x: J @ x + r, torch.zeros(3, dtype=torch.float64))
     x = torch.zeros(3, dtype=torch.float64)
-    dx = updates.hig(prob, x, 1.0, kappa=0.5, truncation=1e-6)
+    dx = updates.hig(prob, x, 1.0, kappa=0.5, truncation=1e-6, line_search=None)
     coeffs = V.T @ dx
     torch.testing.assert_close(coeffs, torch.tensor([1.0, 1e-3 ** -0.5, 0.0], dtype=torch.float64),
                                rtol=1e-8, atol=1e-8)
@@ -147,10 +149,10 @@ def test_bfgs_first_step_is_gd_and_secant_equation_holds():
     prob = rosenbrock()
     x = torch.tensor([-1.2, 1.0], dtype=torch.float64)
     st = updates.BFGSState()
-    d0 = updates.bfgs(prob, x, 1e-3, state=st)
+    d0 = updates.bfgs(prob, x, 1e-3, state=st, line_search=None)
     torch.testing.assert_close(d0, -1e-3 * prob.grad(x))
     x1 = x + d0
-    updates.bfgs(prob, x1, 1e-3, state=st)
+    updates.bfgs(prob, x1, 1e-3, state=st, line_search=None)
     s, yv = d0, prob.grad(x1) - prob.grad(x)
     torch.testing.assert_close(st.B @ yv, s, rtol=1e-10, atol=1e-14)  # B_{k+1} y_k = s_k
     torch.testing.assert_close(st.B, st.B.T)
