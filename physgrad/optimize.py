@@ -152,6 +152,10 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         (``line_search=None``, the book's fixed-step form), ``lbfgs`` searches a strong-Wolfe step;
         for robust BFGS pass ``line_search="wolfe"``.
     """
+    if getattr(problem, "batched", False):  # B independent samples: physgrad.batched
+        from . import batched
+        return batched.optimize(problem, x0, method, steps, step_size, tol=tol, callback=callback, progress=progress,
+                                time_budget=time_budget, on_nonfinite=on_nonfinite, keep_xs=keep_xs, **options)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     if on_nonfinite not in ("raise", "stop"):

@@ -64,6 +64,10 @@ class Problem:
     jacobian_mode:
         ``"rev"`` (reverse mode, :func:`torch.func.jacrev`, cheap when y is small) or ``"fwd"``
         (:func:`torch.func.jacfwd`, cheap when x is small). Default ``"auto"`` picks by size.
+    batched:
+        ``True`` declares ``B`` independent problems: x has shape ``(B, n)``, ``P(x)`` and the
+        target ``(B, m)``, and row ``b`` of ``P(x)`` depends on row ``b`` of x only.
+        :func:`physgrad.optimize` then solves all samples at once (:mod:`physgrad.batched`).
     """
 
     forward: Callable[[Tensor], Tensor]
@@ -72,6 +76,7 @@ class Problem:
     name: str = "problem"
     jacobian_mode: str = "auto"
     counts: dict = field(default_factory=dict, repr=False, compare=False)
+    batched: bool = False
 
     def __post_init__(self):
         if not callable(self.forward):
@@ -85,6 +90,8 @@ class Problem:
         check_finite(self.target, "target y*")
         if self.jacobian_mode not in ("auto", "rev", "fwd"):
             raise ValueError(f"jacobian_mode must be 'auto', 'rev' or 'fwd', got {self.jacobian_mode!r}")
+        if self.batched and self.target.ndim < 2:
+            raise ShapeError(f"a batched problem needs a target of shape (B, m); got {tuple(self.target.shape)}")
 
     # ------------------------------------------------------------------ helpers
     def _count(self, key: str, k: int = 1) -> None:
