@@ -228,7 +228,7 @@ def _symmetric(H: Tensor, g: Tensor, rcond: Optional[float], fallback: str):
 
 # ============================================================================ line searches
 def _armijo(ops: _Batch, x, L0, g, p, t0: float, active, c1=1e-4, shrink=0.5, max_tries=40) -> Tensor:
-    """Masked, vectorized :func:`physgrad.updates._armijo`: per sample the largest
+    """Masked, vectorized ``physgrad.updates._armijo``: per sample the largest
     ``t = t0 · shrink^k`` with ``L(x + t p) <= L(x) + c1 t g·p`` (tests in float64, like the
     single version's Python floats)."""
     slope = (g * p).sum(-1).double()
@@ -247,7 +247,7 @@ def _armijo(ops: _Batch, x, L0, g, p, t0: float, active, c1=1e-4, shrink=0.5, ma
 
 
 def _wolfe_search(phi0: float, dphi0: float, t0: float, c1=1e-4, c2=0.9, max_iter=30):
-    """:func:`physgrad.updates._wolfe` as a generator: it yields the trial step ``t`` and
+    """``physgrad.updates._wolfe`` as a generator: it yields the trial step ``t`` and
     receives ``(L(x + t p), ∇L(x + t p)·p)``; its return value is the accepted ``t``. The driver
     :func:`_wolfe` runs one generator per sample and evaluates all trials in one batched call."""
     if dphi0 >= 0:
@@ -417,7 +417,7 @@ class _LMState:
 
 
 def _lm(ops, x, eta, active, st: _LMState):
-    """Masked :func:`physgrad.updates._lm_step`: per-sample λ, ν, scale and acceptance."""
+    """Masked ``physgrad.updates._lm_step``: per-sample λ, ν, scale and acceptance."""
     B = ops.B
     dev = x.device
     if st.lam is None:
