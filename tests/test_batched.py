@@ -224,3 +224,19 @@ def test_validation():
     with pytest.raises(physgrad.MissingInverseError):
         optimize(bp, torch.zeros(3, 2, dtype=D), "pg", steps=1)
     assert math.isclose(float(optimize(bp, torch.ones(3, 2, dtype=D), "ig", steps=1).losses[-1].max()), 0.0)
+
+
+def test_batch_benchmark_runs_and_batch_equals_loop(tmp_path):
+    from physgrad import bench_batch
+
+    out = tmp_path / "bb.json"
+    rows = bench_batch.main(["--sizes", "1,4", "--cases", "toy,heat-1d", "--methods", "pg,ig", "--repeats", "3",
+                             "--loop-max", "2", "--n", "8", "--json", str(out)])
+    assert len(rows) == 8
+    for r in rows:
+        assert r["max_abs_diff"] < 1e-9 and r["converged"] == r["B"] and r["loop_samples"] == min(r["B"], 2)
+        assert len(r["batch_per_problem_s"]) == 3 and r["batch_vs_loop"] > 0
+    import json
+
+    d = json.loads(out.read_text())
+    assert {"cpu", "cores", "torch_threads", "versions", "date"} <= set(d["machine"])
