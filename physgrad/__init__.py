@@ -9,6 +9,7 @@ The package behind the book *Inverting Gradients*. The core objects:
 * :mod:`physgrad.updates` — each update as a plain function returning ``Δx``.
 * :mod:`physgrad.linalg` — pseudo-inverse, truncated SVD, damped solves.
 * :mod:`physgrad.matfree` — matrix-free least squares (LSQR / CGLS over ``jvp``/``vjp``).
+* :mod:`physgrad.batched` — batches of independent problems (``Problem(..., batched=True)``).
 * :mod:`physgrad.inverse` — a numerical local inverse for any differentiable simulator.
 * :mod:`physgrad.problems` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
 * :mod:`physgrad.nn`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`, :mod:`physgrad.bench` —
@@ -42,7 +43,7 @@ modifies an indefinite Hessian to descend, ``bfgs``/``lbfgs`` use a strong-Wolfe
 criteria (``tol``, ``atol``, ``gtol``, ``xtol``): see :func:`optimize` and :class:`Result`.
 """
 
-from . import errors, inverse, linalg, matfree, problems, updates
+from . import batched, errors, inverse, linalg, matfree, problems, updates
 from .errors import (
     InverseSimulatorError,
     MemoryBudgetError,
@@ -54,11 +55,13 @@ from .errors import (
 )
 from .optimize import METHODS, STATUS, Result, optimize
 from .problem import Problem
+from .batched import BatchResult
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Problem", "optimize", "Result", "METHODS", "STATUS", "updates", "linalg", "matfree", "inverse", "problems",
+    "Problem", "optimize", "Result", "BatchResult", "METHODS", "STATUS", "updates", "batched",
+    "linalg", "matfree", "inverse", "problems",
     "errors",
     "PhysgradError", "ShapeError", "NonFiniteError", "SingularMatrixError", "MissingInverseError",
     "InverseSimulatorError", "MemoryBudgetError",

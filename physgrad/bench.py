@@ -347,6 +347,9 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["nn-heat"]:
         return _main_nn_heat(argv[1:])
+    if argv[:1] == ["batch"]:  # batched vs looped optimize: physgrad/bench_batch.py
+        from .bench_batch import main as _main_batch
+        return _main_batch(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m physgrad.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short per-method budget (whole run <= ~2 min on 2 cores)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -40,7 +40,7 @@ Tensor = torch.Tensor
 
 def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damping: float = 1e-8,
                       tol: float = 1e-10, solver: str = "dense", on_fail: str = "raise",
-                      solver_options=None) -> Callable[[Tensor, Tensor], Tensor]:
+                      solver_options=None, batched: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
     """Build ``inverse(y, x0) -> x`` solving ``forward(x) = y`` near ``x0`` (see module docstring).
 
     Cost per iteration: one forward call plus either one dense Jacobian or one Krylov solve.
@@ -62,8 +62,18 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
         ``"raise"`` or ``"best"`` (return the best iterate; check ``inverse.last_info``).
     solver_options
         Extra keyword arguments for :func:`physgrad.matfree.solve_ls`.
-
+    batched
+        ``True``: ``forward`` maps ``(B, n) -> (B, m)`` with independent samples, and the inverse
+        runs the same iteration per sample, all samples at once
+        (:func:`physgrad.batched.numerical_inverse`; dense solver only; ``on_fail`` may also be
+        ``"nan"``). Use it for ``pg`` on a batched :class:`~physgrad.problem.Problem`.
     """
+    if batched:
+        from . import batched as _b
+
+        if solver != "dense" or solver_options:
+            raise ValueError("numerical_inverse(batched=True) supports solver='dense' only")
+        return _b.numerical_inverse(forward, iters=iters, damping=damping, tol=tol, on_fail=on_fail)
     if solver not in ("dense", "lsqr", "cg"):
         raise ValueError(f"solver must be 'dense', 'lsqr' or 'cg', got {solver!r}")
     if on_fail not in ("raise", "best"):

@@ -301,6 +301,15 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     ``hig`` through ``truncation``; ``newton`` through ``rcond`` with ``fallback="pinv"``. Every
     method can stop early at the noise level with ``atol`` (discrepancy principle).
     """
+    if getattr(problem, "batched", False):  # B independent samples: physgrad.batched
+        from . import batched
+        unsupported = [k for k, v in (("atol", atol), ("gtol", gtol), ("xtol", xtol), ("state", state))
+                       if v is not None]
+        if unsupported:
+            raise TypeError(f"{', '.join(unsupported)} not supported for batched problems yet: "
+                            "use tol (per sample), or a loop over single problems")
+        return batched.optimize(problem, x0, method, steps, step_size, tol=tol, callback=callback, progress=progress,
+                                time_budget=time_budget, on_nonfinite=on_nonfinite, keep_xs=keep_xs, **options)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     if on_nonfinite not in ("raise", "stop"):

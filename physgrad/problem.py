@@ -193,6 +193,10 @@ class Problem:
     are allocated (:func:`memory_budget`, environment variable ``PHYSGRAD_MEMORY_BUDGET``).
     ``counts`` holds the cumulative calls over the Problem's life (all threads);
     :attr:`physgrad.Result.counts` holds those of one run.
+    batched:
+        ``True`` declares ``B`` independent problems: x has shape ``(B, n)``, ``P(x)`` and the
+        target ``(B, m)``, and row ``b`` of ``P(x)`` depends on row ``b`` of x only.
+        :func:`physgrad.optimize` then solves all samples at once (:mod:`physgrad.batched`).
     """
 
     forward: Callable[[Tensor], Tensor]
@@ -201,6 +205,7 @@ class Problem:
     name: str = "problem"
     jacobian_mode: str = "auto"
     counts: dict = field(default_factory=dict, repr=False, compare=False)
+    batched: bool = False
     _auto_modes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -222,6 +227,8 @@ class Problem:
         check_finite(self.target, "target y*")
         if self.jacobian_mode not in _JACOBIAN_MODES:
             raise ValueError(f"jacobian_mode must be one of {_JACOBIAN_MODES}, got {self.jacobian_mode!r}")
+        if self.batched and self.target.ndim < 2:
+            raise ShapeError(f"a batched problem needs a target of shape (B, m); got {tuple(self.target.shape)}")
 
     # ------------------------------------------------------------------ helpers
     def _count(self, key: str, k: int = 1) -> None:
@@ -448,4 +455,4 @@ class Problem:
             inv = lambda y, x0: inv0(y / c, x0)  # noqa: E731
         fwd = self.forward
         return Problem(lambda x: c * fwd(x), c * self.target, inv, name=f"{self.name} (c={c:g})",
-                       jacobian_mode=self.jacobian_mode)
+                       jacobian_mode=self.jacobian_mode, batched=self.batched)

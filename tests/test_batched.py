@@ -1,0 +1,251 @@
+"""Batched problems (physgrad.batched): every sample of a batched run must follow the trajectory
+of the single-problem ``optimize`` run on that sample alone (float64, 1e-12), failures stay per
+sample, and memory stays linear in the batch size."""
+
+import math
+
+import pytest
+import torch
+
+import physgrad
+from physgrad import Problem, optimize
+from physgrad.batched import BatchResult, batch_jacobian
+from physgrad.inverse import numerical_inverse
+from physgrad.problems import heat, toy
+
+D = torch.float64
+B = 5
+TOL = 1e-12
+
+
+def _toy_batch():
+    g = torch.Generator().manual_seed(0)
+    Y = torch.rand(B, 2, generator=g, dtype=D) * 2 + 0.1  # y2 > 0: a real pre-image exists
+    X0 = torch.rand(B, 2, generator=g, dtype=D) * 2 + 1
+    p = toy.toy()
+    return Problem(p.forward, Y, p.inverse, batched=True), X0, lambda b: toy.toy(target=Y[b])
+
+
+def _curve(x):
+    """A small non-linear simulator R^3 -> R^4 of our own (row-wise, so it works batched)."""
+    a, b, c = x[..., 0], x[..., 1], x[..., 2]
+    return torch.stack([torch.sin(a) + b ** 2, b * c + 0.5 * a, torch.exp(0.3 * c) + a, a ** 3 / 3 + c - b],
+                       dim=-1)
+
+
+def _curve_batch(with_inverse=True):
+    g = torch.Generator().manual_seed(1)
+    Xt = torch.randn(B, 3, generator=g, dtype=D) * 0.5
+    Y = _curve(Xt)  # reachable targets
+    X0 = Xt + 0.3 * torch.randn(B, 3, generator=g, dtype=D)
+    inv = numerical_inverse(_curve, batched=True, on_fail="best") if with_inverse else None
+    bp = Problem(_curve, Y, inv, batched=True)
+
+    def single(b):
+        return Problem(_curve, Y[b], numerical_inverse(_curve, on_fail="best") if with_inverse else None)
+
+    return bp, X0, single
+
+
+CASES = [
+    ("gd", dict(step_size=0.05)),
+    ("adam", dict(step_size=0.05)),
+    ("newton", dict(line_search=None)),
+    ("newton", dict(line_search="armijo")),
+    ("newton", dict(line_search="armijo", fallback="pinv")),
+    ("bfgs", dict(line_search=None, step_size=0.3)),
+    ("bfgs", dict(line_search="wolfe")),
+    ("bfgs", dict(line_search="armijo", init_scale=True)),
+    ("ig", dict()),
+    ("ig", dict(damping=0.1)),
+    ("ig", dict(damping="auto")),
+    ("pg", dict()),
+    ("pg", dict(step_size=0.5)),
+    ("hig", dict(line_search=None)),
+    ("hig", dict(line_search="armijo")),
+]
+
+
+def _assert_same(rb: BatchResult, singles, steps):
+    assert rb.xs.shape[1] == B and rb.losses.shape[1] == B
+    for b, rs in enumerate(singles):
+        k = rs.xs.shape[0]
+        assert k <= rb.xs.shape[0]
+        torch.testing.assert_close(rb.xs[:k, b], rs.xs, rtol=0, atol=TOL)
+        torch.testing.assert_close(rb.losses[:k, b], rs.losses, rtol=0, atol=TOL)
+        # a sample that stopped early (LM stalled / tol) stays frozen at its last iterate
+        assert torch.equal(rb.xs[k - 1:, b], rs.x.expand(rb.xs.shape[0] - k + 1, *rs.x.shape).to(rb.xs)) or \
+            float((rb.xs[k - 1:, b] - rs.x).abs().max()) <= TOL
+        assert int(rb.nits[b]) == rs.nit
+
+
+@pytest.mark.parametrize("method,kw", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"
+                                                  for m, kw in CASES])
+@pytest.mark.parametrize("case", ["toy", "curve"])
+def test_each_sample_follows_the_single_run(case, method, kw):
+    bp, X0, single = _toy_batch() if case == "toy" else _curve_batch()
+    steps = 12
+    rb = optimize(bp, X0, method, steps=steps, progress=False, **kw)
+    singles = [optimize(single(b), X0[b], method, steps=steps, progress=False, **kw) for b in range(B)]
+    _assert_same(rb, singles, steps)
+    assert rb.x.shape == X0.shape and rb.losses.shape[1] == B
+    assert rb.converged.shape == (B,) and rb.converged.dtype == torch.bool
+
+
+@pytest.mark.parametrize("method,kw", [("newton", dict(line_search="armijo")), ("ig", dict(damping="auto")),
+                                       ("pg", dict()), ("hig", dict(line_search="armijo"))])
+def test_tol_freezes_each_sample_like_the_single_run(method, kw):
+    bp, X0, single = _curve_batch()
+    rb = optimize(bp, X0, method, steps=30, tol=1e-14, progress=False, **kw)
+    singles = [optimize(single(b), X0[b], method, steps=30, tol=1e-14, progress=False, **kw) for b in range(B)]
+    _assert_same(rb, singles, 30)
+    for b, rs in enumerate(singles):
+        assert bool(rb.converged[b]) == rs.converged
+
+
+def _nan_forward(x):
+    # sqrt is NaN for x_1 < 0: a large gd step sends one sample there
+    return torch.stack([torch.sqrt(x[..., 0]), x[..., 1]], dim=-1)
+
+
+def test_nonfinite_sample_does_not_poison_the_others():
+    Y = torch.tensor([[1.0, 1.0], [1.2, 0.5], [0.9, 2.0], [0.0, 0.0]], dtype=D)
+    X0 = torch.tensor([[1.0, 0.0], [1.1, 1.0], [0.8, 0.3], [0.1, 2.0]], dtype=D)  # sample 3 overshoots
+    r_all = optimize(Problem(_nan_forward, Y, batched=True), X0, "gd", steps=8, step_size=0.5, progress=False)
+    assert int(r_all.status[3]) == 3 and not bool(r_all.success[3])  # non-finite, frozen
+    assert bool(torch.isfinite(r_all.losses).all()) and bool(torch.isfinite(r_all.x).all())
+    r_good = optimize(Problem(_nan_forward, Y[:3], batched=True), X0[:3], "gd", steps=8, step_size=0.5,
+                      progress=False)
+    assert torch.equal(r_all.xs[:, :3], r_good.xs)
+    assert bool(r_all.success[:3].all())
+    # and the failing sample alone, run singly, fails the same way
+    with pytest.raises(physgrad.NonFiniteError):
+        optimize(Problem(_nan_forward, Y[3]), X0[3], "gd", steps=8, step_size=0.5, progress=False)
+
+
+@pytest.mark.parametrize("method,kw", [("newton", dict(line_search="armijo")), ("newton", dict(line_search=None)),
+                                       ("ig", dict()), ("hig", dict(line_search="armijo"))])
+def test_singular_sample_does_not_poison_the_others(method, kw):
+    # P(x) = (x1^2, x2^2): J and the Hessian vanish at x = 0 (with y* = 0), so sample 2 fails at once
+    fwd = lambda x: x ** 2  # noqa: E731
+    Y = torch.tensor([[1.0, 2.0], [0.5, 3.0], [0.0, 0.0], [2.0, 1.0]], dtype=D)
+    X0 = torch.tensor([[2.0, 1.0], [1.0, 2.5], [0.0, 0.0], [0.7, 0.4]], dtype=D)
+    rb = optimize(Problem(fwd, Y, batched=True), X0, method, steps=6, progress=False, **kw)
+    if method == "newton" and kw.get("line_search") is not None:
+        # the safe Newton replaces a zero Hessian by the gradient direction (here 0): no step,
+        # no failure -- as the single run does
+        assert torch.equal(rb.x[2], X0[2]) and float(rb.losses[-1, 2]) == 0.0
+    else:
+        assert int(rb.status[2]) == 4 and int(rb.nits[2]) == 0 and torch.equal(rb.x[2], X0[2])
+    keep = [0, 1, 3]
+    r3 = optimize(Problem(fwd, Y[keep], batched=True), X0[keep], method, steps=6, progress=False, **kw)
+    torch.testing.assert_close(rb.xs[:, keep], r3.xs, rtol=0, atol=0)
+    for i, b in enumerate(keep):
+        rs = optimize(Problem(fwd, Y[b]), X0[b], method, steps=6, progress=False, **kw)
+        torch.testing.assert_close(rb.xs[:, b], rs.xs, rtol=0, atol=TOL)
+    if method == "newton" and kw.get("line_search") is not None:
+        rs = optimize(Problem(fwd, Y[2]), X0[2], method, steps=6, progress=False, **kw)
+        assert torch.equal(rs.x, X0[2]) and rs.fun == 0.0
+    else:
+        with pytest.raises(physgrad.SingularMatrixError):
+            optimize(Problem(fwd, Y[2]), X0[2], method, steps=6, progress=False, **kw)
+
+
+def test_failed_inverse_sample_is_frozen():
+    # target y = (-1, -1) is out of the range of x^2: the batched numerical inverse gives NaN there
+    fwd = lambda x: x ** 2 + 0.1 * x  # noqa: E731
+    Y = torch.tensor([[1.0, 2.0], [-1.0, -1.0], [2.0, 1.0]], dtype=D)
+    X0 = torch.tensor([[2.0, 1.0], [1.0, 1.0], [0.7, 0.4]], dtype=D)
+    inv = numerical_inverse(fwd, batched=True, on_fail="nan")
+    rb = optimize(Problem(fwd, Y, inv, batched=True), X0, "pg", steps=4, progress=False)
+    assert int(rb.status[1]) == 5 and torch.equal(rb.x[1], X0[1])
+    assert float(rb.losses[-1, [0, 2]].max()) < 1e-20
+    with pytest.raises(physgrad.InverseSimulatorError):
+        numerical_inverse(fwd, batched=True)(Y, X0)
+
+
+def test_batched_numerical_inverse_matches_single():
+    bp, X0, _ = _curve_batch(with_inverse=False)
+    inv_b = numerical_inverse(_curve, batched=True)
+    xb = inv_b(bp.target, X0)
+    for b in range(B):
+        xs = numerical_inverse(_curve)(bp.target[b], X0[b])
+        torch.testing.assert_close(xb[b], xs, rtol=0, atol=TOL)
+    torch.testing.assert_close(_curve(xb), bp.target, rtol=0, atol=1e-9)
+    assert bool(inv_b.last_info["converged"].all())
+
+
+def test_batch_jacobian_matches_per_sample_jacobians():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(4, 3, generator=g, dtype=D)
+    for mode in ("fwd", "rev"):
+        J = batch_jacobian(_curve, X, mode)
+        assert J.shape == (4, 4, 3)
+        for b in range(4):
+            ref = torch.autograd.functional.jacobian(_curve, X[b])
+            torch.testing.assert_close(J[b], ref, rtol=0, atol=1e-14)
+
+
+def test_heat_batch_pg_and_ig_reach_each_target():
+    n = 16
+    base = heat.heat_1d(n=n, nu_T=1.0)
+    Xt = torch.stack([heat.random_field((n,), seed=s) for s in range(B)])
+    Y = base.forward(Xt)
+    bp = Problem(base.forward, Y, base.inverse, batched=True)
+    X0 = torch.zeros(B, n, dtype=D)
+    for method in ("pg", "ig"):
+        rb = optimize(bp, X0, method, steps=3, progress=False)
+        for b in range(B):
+            rs = optimize(Problem(base.forward, Y[b], base.inverse), X0[b], method, steps=3, progress=False)
+            torch.testing.assert_close(rb.xs[:, b], rs.xs, rtol=0, atol=1e-10)
+        torch.testing.assert_close(rb.x, Xt, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,kw", [("newton", dict(line_search="armijo")), ("ig", dict(damping="auto")),
+                                       ("hig", dict(line_search="armijo")), ("pg", dict()),
+                                       ("bfgs", dict(line_search="armijo")), ("gd", dict(step_size=0.1))])
+def test_memory_is_linear_in_the_batch(method, kw):
+    # B*n = 1e5: one (B*n)^2 float64 matrix (or a (B, m, B, n) Jacobian) would need 80 GB, far
+    # more than the test machines have, so a run that completes formed none; the per-sample
+    # blocks need B*n*n*8 = 0.8 MB.
+    Bbig = 50_000
+    g = torch.Generator().manual_seed(4)
+    Y = torch.rand(Bbig, 2, generator=g, dtype=D) + 0.5
+    X0 = torch.rand(Bbig, 2, generator=g, dtype=D) + 1.0
+    p = toy.toy()
+    rb = optimize(Problem(p.forward, Y, p.inverse, batched=True), X0, method, steps=2, progress=False, **kw)
+    assert rb.x.shape == (Bbig, 2) and rb.losses.shape == (3, Bbig)
+    assert bool((rb.losses[-1] < rb.losses[0]).all())
+    assert batch_jacobian(p.forward, X0).shape == (Bbig, 2, 2)
+
+
+def test_validation():
+    Y = torch.zeros(3, 2, dtype=D)
+    with pytest.raises(physgrad.ShapeError):
+        Problem(lambda x: x, torch.zeros(2, dtype=D), batched=True)
+    bp = Problem(lambda x: x, Y, batched=True)
+    with pytest.raises(physgrad.ShapeError):
+        optimize(bp, torch.zeros(4, 2, dtype=D), "ig", steps=1)
+    with pytest.raises(ValueError):
+        optimize(bp, torch.zeros(3, 2, dtype=D), "lbfgs", steps=1)
+    with pytest.raises(TypeError):
+        optimize(bp, torch.zeros(3, 2, dtype=D), "ig", steps=1, kappa=0.5)
+    with pytest.raises(physgrad.MissingInverseError):
+        optimize(bp, torch.zeros(3, 2, dtype=D), "pg", steps=1)
+    assert math.isclose(float(optimize(bp, torch.ones(3, 2, dtype=D), "ig", steps=1).losses[-1].max()), 0.0)
+
+
+def test_batch_benchmark_runs_and_batch_equals_loop(tmp_path):
+    from physgrad import bench_batch
+
+    out = tmp_path / "bb.json"
+    rows = bench_batch.main(["--sizes", "1,4", "--cases", "toy,heat-1d", "--methods", "pg,ig", "--repeats", "3",
+                             "--loop-max", "2", "--n", "8", "--json", str(out)])
+    assert len(rows) == 8
+    for r in rows:
+        assert r["max_abs_diff"] < 1e-9 and r["converged"] == r["B"] and r["loop_samples"] == min(r["B"], 2)
+        assert len(r["batch_per_problem_s"]) == 3 and r["batch_vs_loop"] > 0
+    import json
+
+    d = json.loads(out.read_text())
+    assert {"cpu", "cores", "torch_threads", "versions", "date"} <= set(d["machine"])
