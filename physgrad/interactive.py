@@ -335,33 +335,40 @@ LEARNING_RATE = ("gd", "adam")
 
 def comparison_figure(steps: int = 20, lc=(-1.0, 1.0, 0.25), le=(-4.0, 0.0, 0.5),
                       eta=(0.1, 1.0, 0.1), make_problem: Callable[[float], Problem] = toy,
-                      x0: Optional[torch.Tensor] = None) -> Figure:
+                      x0: Optional[torch.Tensor] = None, methods: Optional[Sequence[str]] = None,
+                      xlim=(-0.5, 3.5), ylim=(-0.5, 3.5), solution=(0.0, 0.0),
+                      name: str = "ch5-comparison") -> Figure:
     """Chapter 5: all seven methods on the toy problem, sliders ``log₁₀ c``, ``log₁₀ η`` of the
     learning-rate methods (GD, Adam) and ``η`` of the others (BFGS with a strong-Wolfe line
-    search starting at ``η``; pure Newton and HIG; IG; PG)."""
+    search starting at ``η``; pure Newton and HIG; IG; PG). ``make_problem``, ``x0``,
+    ``methods`` (a subset), the window ``xlim``/``ylim`` and the marked ``solution`` make the same
+    figure for another two-parameter problem."""
     x0 = toy_x0() if x0 is None else x0
+    chosen = {m: o for m, o in COMPARISON_METHODS.items() if methods is None or m in methods}
     cs, les, es = grid(*lc), grid(*le), grid(*eta)
     runs = []
     for a in cs:
         prob = make_problem(10 ** a)
-        for m, opt in COMPARISON_METHODS.items():
+        for m, opt in chosen.items():
             for b in (les if m in LEARNING_RATE else es):
                 step = 10 ** b if m in LEARNING_RATE else b
                 runs.append(_run_row(run_method(prob, x0, m, steps, step, **opt), _label(m),
                                      a=a, b=b, lr=m in LEARNING_RATE))
     filt = "abs(datum.a - lc) < 1e-9 && abs(datum.b - (datum.lr ? le : eta)) < 1e-9"
-    series = [_label(m) for m in COMPARISON_METHODS]
-    colors = [_hex(m) for m in COMPARISON_METHODS]
-    x_panel = lines_panel("cmp_x", filt, "x", "y", series, colors, **XSPACE,
-                          extra=[_target_layer(0.0, 0.0)])
+    series = [_label(m) for m in chosen]
+    colors = [_hex(m) for m in chosen]
+    x_panel = lines_panel("cmp_x", filt, "x", "y", series, colors,
+                          x={"title": "x₁", "domain": list(xlim)},
+                          y={"title": "x₂", "domain": list(ylim)},
+                          extra=[_target_layer(*solution)])
     l_panel = _loss_panel("cmp_L", filt, series, colors, steps, legend=False)
     sliders = [_slider("lc", "log₁₀ c", cs, 0.0), _slider("le", "log₁₀ η (GD, Adam)", les, -2.0),
                _slider("eta", "η (the others)", es, 0.5)]
     title = ("'c = ' + format(pow(10, lc), '.3g') + ',  η = ' + format(pow(10, le), '.2g')"
              " + ' (GD, Adam),  η = ' + format(eta, '.2g') + ' (others)'")
-    return Figure("ch5-comparison", sliders, {"runs": runs}, [[x_panel], [l_panel]], title,
+    return Figure(name, sliders, {"runs": runs}, [[x_panel], [l_panel]], title,
                   meta={"problem": "toy", "x0": x0.tolist(), "steps": steps,
-                        "series": {_label(m): (m, o) for m, o in COMPARISON_METHODS.items()}})
+                        "series": {_label(m): (m, o) for m, o in chosen.items()}})
 
 
 def slope_figure(eta=(0.1, 0.9, 0.1), s=(1.0, 3.0, 0.25), points: int = 21) -> Figure:
@@ -422,10 +429,10 @@ def heat_figure(n: int = 64, nu_T: float = 8.0, leps=(-8.0, 0.0, 0.5), lsig=(-6.
     lo, hi = float(truth.min()), float(truth.max())
     pad = 0.5 * (hi - lo)
     panel = lines_panel("heat", filt, "x", "y", ["true initial state", "reconstruction"],
-                        ["#000000", _hex("pg")],
+                        ["#555555", _hex("pg")],
                         x={"title": "grid point i", "domain": [0, n - 1]},
                         y={"title": "u(0, xᵢ)", "domain": [_num(lo - pad), _num(hi + pad)]},
-                        dashes=[[1, 0], [1, 0]], points=False)
+                        dashes=[[5, 3], [1, 0]], points=False)
     m_panel = map_panel("heat_map", {"title": "log₁₀ ε (damping)", "min": eps[0], "max": eps[-1],
                                      "step": leps[2]},
                         {"title": "log₁₀ σ (noise)", "min": sig[0], "max": sig[-1], "step": lsig[2]},
