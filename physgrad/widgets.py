@@ -20,7 +20,7 @@ kernel never lags behind the mouse.
 
 On the static website there is no kernel: the sliders saved with the page would be a frozen
 snapshot that does nothing, so the book hides the Explorer's output there (cell tag
-``remove-output``) and shows a kernel-free figure instead: :mod:`physgrad.interactive` computes
+``remove-output``) and shows a kernel-free figure instead: ``physgrad.interactive`` computes
 the runs over a grid of slider values with the same :func:`run_method` and the same problem
 factory, and the browser draws them with vendored Vega-Lite. :meth:`Explorer.animation` (a
 ``to_jshtml`` player over one sweep) remains for notebooks outside the book.
