@@ -255,7 +255,7 @@ def gd_figure(steps: int = 30, lc=(-1.0, 1.0, 0.25), le=(-4.0, 0.0, 0.25)) -> Fi
     l_panel["layer"][0]["encoding"]["x"]["field"] = "it"
     m_panel = map_panel("gd_map", {"title": "log₁₀ c", "min": cs[0], "max": cs[-1], "step": lc[2]},
                         {"title": "log₁₀ η", "min": es[0], "max": es[-1], "step": le[2]},
-                        "lc", "le", f"L/L₀ after {steps} steps", (1e-16, 1e2), curve="curve")
+                        "lc", "le", f"L/L₀ after {steps} steps", (1e-4, 1e2), curve="curve")
     sliders = [_slider("lc", "log₁₀ c", cs, 0.0), _slider("le", "log₁₀ η", es, -2.0)]
     title = ("'GD, c = ' + format(pow(10, lc), '.3g') + ', η = ' + format(pow(10, le), '.3g')"
              " + (pow(10, le) * pow(10, 2 * lc) < 2 ? '  (η c² < 2)' : '  (η c² ≥ 2)')")

@@ -245,7 +245,11 @@ def test_phone_width_keeps_sliders_reachable(site):
         assert r["width"] <= 400, r
         assert r["box"] <= r["width"], f"the figure box sticks out of the screen: {r}"
         assert r["inputs"] and max(r["inputs"]) <= r["width"], r
-        p.screenshot("ix-phone-02-gradient-descent")
+        clip = p.js("""(function(){window.scrollTo(0, 0);
+            var r=document.getElementById('pgv-ch2-gd').getBoundingClientRect();
+            return {x: 0, y: r.top + window.scrollY - 10, width: window.innerWidth,
+                    height: r.height + 20};})()""")
+        p.screenshot("ix-phone-02-gradient-descent", clip)
     finally:
         p.close()
 
