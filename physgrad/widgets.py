@@ -5,7 +5,7 @@ the problem while inverted updates do not, made tangible (chapter 5, notebook ``
 >>> ex = Explorer(lambda c: toy(c), {"gd": 0.01, "newton": 0.5, "ig": 0.5, "pg": 0.5},
 ...               x0=toy_x0(), steps=20)
 >>> ex                    # in a notebook: the sliders and the figure (needs a running kernel)
->>> ex.animation()        # kernel-free fallback: an HTML/JavaScript slider over c
+>>> ex.animation()        # an HTML/JavaScript player over c (no kernel needed)
 
 **How it is drawn.** The figure is a plain :class:`matplotlib.figure.Figure` rendered by Agg,
 never a pyplot figure, so it works with any matplotlib backend (``inline`` included; ``ipympl``
@@ -18,10 +18,12 @@ in JupyterLab, Notebook 7, VS Code and on Binder, with nothing but ``ipywidgets`
 ``matplotlib``. Sliders recompute when released (``continuous_update=False``), so a slow remote
 kernel never lags behind the mouse.
 
-On the static website there is no kernel: the sliders saved with the page are a frozen snapshot.
-:meth:`Explorer.animation` renders a few frames of a sweep over ``c`` (or over one method's
-``η``) into a self-contained HTML/JavaScript player (``matplotlib``'s ``to_jshtml``, with its only
-external resource, a web-font stylesheet, removed), which works in the built HTML offline.
+On the static website there is no kernel: the sliders saved with the page would be a frozen
+snapshot that does nothing, so the book hides the Explorer's output there (cell tag
+``remove-output``) and shows a kernel-free figure instead: ``physgrad.interactive`` computes
+the runs over a grid of slider values with the same :func:`run_method` and the same problem
+factory, and the browser draws them with vendored Vega-Lite. :meth:`Explorer.animation` (a
+``to_jshtml`` player over one sweep) remains for notebooks outside the book.
 
 The computing logic needs no browser: ``ex.set(c=10, eta={"gd": 1e-3})`` recomputes and
 ``ex.lines["gd"].get_xdata()`` returns what is drawn.

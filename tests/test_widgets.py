@@ -216,3 +216,75 @@ def test_animation_is_offline_and_restores_state(ex):
 def test_offline_jshtml_rejects_what_it_cannot_clean():
     with pytest.raises(RuntimeError, match="external"):
         offline_jshtml('<script src="https://cdn.example.org/x.js"></script>')
+
+
+# ------------------------------------------------------------------------------------------
+# The kernel-free figures (physgrad.interactive) show the Explorer's numbers, and the static
+# website shows no dead ipywidgets controls.
+
+def test_static_figure_shows_the_explorers_numbers():
+    """The same (c, η) in the live Explorer and in the stored grid of the static figure give the
+    same trajectories (same factory, same run_method)."""
+    import json as _json
+
+    from physgrad import interactive
+
+    fig = interactive.comparison_figure(steps=10, lc=(0.0, 1.0, 1.0), le=(-3.0, -2.0, 1.0),
+                                        eta=(0.5, 0.6, 0.1), methods=("gd", "newton", "ig", "pg"))
+    e = Explorer(toy, {"gd": 1e-3, "newton": 0.5, "ig": 0.5, "pg": 0.5}, x0=toy_x0(), steps=10,
+                 options={"newton": {"line_search": None}}, widgets=False)
+    labels = {"gd": "GD", "newton": "Newton", "ig": "IG", "pg": "PG"}
+    for a, b_lr, b in ((0.0, -3.0, 0.5), (1.0, -2.0, 0.6)):
+        e.set(c=10 ** a, eta={"gd": 10 ** b_lr, "newton": b, "ig": b, "pg": b})
+        for m, label in labels.items():
+            row = next(r for r in fig.rows() if r["s"] == label and r["a"] == a
+                       and r["b"] == (b_lr if m == "gd" else b))
+            x1, x2 = xy(e.lines[m])
+            np.testing.assert_allclose(row["x"], x1, rtol=1e-11, atol=1e-12)
+            np.testing.assert_allclose(row["y"], x2, rtol=1e-11, atol=1e-12)
+    spec = _json.loads(fig.to_json())  # strict JSON: no NaN or infinity
+    assert [p["name"] for p in spec["params"]] == ["lc", "le", "eta"]
+    assert all(p["bind"]["input"] == "range" for p in spec["params"])
+
+
+def test_gd_figure_first_step_closed_form():
+    """Chapter 2's stored GD paths: first step −η c² (3, 54) from (3, 3); the map holds
+    L/L0 after the last step; the dashed line is η = 2/c²."""
+    from physgrad import interactive
+
+    fig = interactive.gd_figure(steps=5, lc=(-1.0, 1.0, 1.0), le=(-3.0, -2.0, 1.0))
+    assert len(fig.rows("runs")) == 3 * 2 == len(fig.rows("map"))
+    for r in fig.rows("runs"):
+        c2, eta = 10 ** (2 * r["a"]), 10 ** r["b"]
+        step = [r["x"][1] - 3.0, r["y"][1] - 3.0]
+        np.testing.assert_allclose(step, [-eta * c2 * 3.0, -eta * c2 * 54.0], rtol=1e-9)
+        cell = next(m for m in fig.rows("map") if (m["a"], m["b"]) == (r["a"], r["b"]))
+        assert cell["v"] == pytest.approx(max(r["L"][-1], 1e-16), rel=1e-9)
+    for p in fig.rows("curve"):
+        assert p["b"] == pytest.approx(np.log10(2.0) - 2 * p["a"], abs=1e-11)
+
+
+def test_static_html_is_offline_and_self_contained():
+    from physgrad import interactive
+
+    html = interactive.slope_figure(eta=(0.5, 0.6, 0.1), s=(2.0, 2.5, 0.5)).html()
+    assert "_static/vega/" in html and "vega-lite.min" in html
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", html), "no URL may be fetched"
+    assert "</script" not in html.split('type="application/json"')[1].split("</script>")[0]
+
+
+def test_comparison_notebook_hides_live_explorers_on_the_website():
+    """Every cell of notebooks/05-comparison that displays an Explorer is tagged remove-output
+    (a frozen slider would do nothing on the static page) and the notebook has no to_jshtml
+    animation left."""
+    import json as _json
+    from pathlib import Path
+
+    nb = _json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "05-comparison.ipynb")
+                     .read_text())
+    shown = [c for c in nb["cells"] if c["cell_type"] == "code"
+             and re.search(r"^\w+_explorer\s*$", "".join(c["source"]), re.M)]
+    assert len(shown) == 4
+    for c in shown:
+        assert "remove-output" in c["metadata"].get("tags", []), "".join(c["source"])[:60]
+    assert not any(".animation(" in "".join(c["source"]) for c in nb["cells"])

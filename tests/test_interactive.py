@@ -1,0 +1,262 @@
+"""Kernel-free interactive figures (physgrad.interactive) in the built book, in headless Chromium.
+
+Every figure's sliders are moved through their DOM inputs (as a reader's drag does: an ``input``
+event), and the test asserts that the drawn marks change. For chapter 2 (GD) and chapter 5 (all
+methods) the drawn trajectory is read back from the Vega scenegraph and compared with a fresh
+``physgrad`` run for those slider values. The network is routed to a dead proxy (conftest) and
+every request must be a local file. Screenshots of each figure before and after a slider move go
+to _build/screenshots/ix-*.png; page weights and redraw times go to _build/interactive.json
+(measurements, reported, not asserted).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from conftest import HTML, ROOT, SCREENSHOTS
+from test_site import DevToolsPage
+
+from physgrad.interactive import COMPARISON_METHODS, LEARNING_RATE
+from physgrad.problems.toy import toy, toy_x0
+from physgrad.widgets import run_method
+
+CHAPTER_FIGURES = {
+    "chapters/02-gradient-descent.html": ["pgv-ch2-gd"],
+    "chapters/03-newton.html": ["pgv-ch3-newton-bfgs"],
+    "chapters/04-inverse-gradients.html": ["pgv-ch4-lm"],
+    "chapters/05-inverse-simulators.html": ["pgv-ch5-comparison"],
+    "chapters/06-deep-dive.html": ["pgv-ch6-slope"],
+    "chapters/07-pde.html": ["pgv-ch7-heat"],
+    "chapters/08-networks.html": ["pgv-ch8-kappa"],
+}
+PAGES = {
+    **CHAPTER_FIGURES,
+    "notebooks/explorables.html": [f for figs in CHAPTER_FIGURES.values() for f in figs],
+    "notebooks/05-comparison.html": ["pgv-ch5-comparison", "pgv-units", "pgv-rosenbrock"],
+}
+LOCAL = ("file:", "data:", "blob:", "about:")
+RESULTS = ROOT / "_build" / "interactive.json"
+
+# JavaScript helpers, installed once per page
+HELPERS = r"""
+window.__ix = {
+  view: function(id) { return window.physgradViews[id]; },
+  // the data of every drawn item of the marks named <prefix>*_marks (all marks when prefix = '')
+  drawn: function(id, prefix) {
+    var out = [];
+    (function walk(n) {
+      if (!n) return;
+      if (n.marktype && n.name && n.name.slice(-6) === '_marks' && n.name.indexOf(prefix) === 0)
+        n.items.forEach(function(it) { out.push(it.datum); });
+      (n.items || []).forEach(function(it) { (it.items || []).forEach(walk); });
+    })(window.physgradViews[id].scenegraph().root);
+    return out;
+  },
+  signature: function(id) {
+    return JSON.stringify(window.__ix.drawn(id, '').map(function(d) {
+      return [d.s, d.k, d.x, d.y, d.L, d.a, d.b];
+    }));
+  },
+  // move one slider the way a drag does (an input event) and wait for the redraw
+  move: async function(id, name, value) {
+    var inp = document.getElementById(id).querySelector('input[name="' + name + '"]');
+    inp.value = String(value);
+    var t0 = performance.now();
+    inp.dispatchEvent(new Event('input', {bubbles: true}));
+    await window.physgradViews[id].runAsync();
+    return {ms: performance.now() - t0, value: window.physgradViews[id].signal(name)};
+  },
+  sliders: function(id) {
+    return Array.from(document.getElementById(id).querySelectorAll('input[type=range]')).map(
+      function(i) { return {name: i.name, min: +i.min, max: +i.max, step: +i.step, value: +i.value}; });
+  },
+  clip: function(id) {
+    // page top: the sticky header then covers nothing below it in a full-page capture
+    window.scrollTo(0, 0);
+    var el = document.getElementById(id), r = el.getBoundingClientRect();
+    return {x: r.left + window.scrollX, y: r.top + window.scrollY, width: Math.max(r.width, 10),
+            height: Math.max(r.height, 10)};
+  }
+};
+true
+"""
+
+
+def _open(site, page: str, figures) -> DevToolsPage:
+    p = DevToolsPage(site.chromium, size=(1280, 1400))
+    p.goto(site.url(page))
+    ids = json.dumps(list(figures))
+    ok = p.wait_for(f"{ids}.every(function(i) {{ var e = document.getElementById(i);"
+                    " return e && e.getAttribute('data-ready') === '1'; })", timeout=60)
+    if not ok:
+        msgs = p.js(f"{ids}.map(function(i) {{ var e = document.getElementById(i);"
+                    " return e ? e.querySelector('.pgv-msg').textContent : 'missing'; })")
+        p.close()
+        pytest.fail(f"{page}: interactive figures not drawn: {msgs}")
+    assert p.js(HELPERS)
+    return p
+
+
+def _no_external(p: DevToolsPage, page: str):
+    urls = p.requested_urls()
+    external = [u for u in urls if not u.startswith(LOCAL)]
+    assert not external, f"{page} requested network resources: {external}"
+    vega = [u for u in urls if u.endswith("_static/vega/vega.min.js")]
+    assert vega and all(u.startswith("file:") for u in vega), f"{page}: vendored Vega not loaded"
+
+
+def _record(key: str, value):
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    data[key] = value
+    RESULTS.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_slider_redraws(site, page):
+    """Each slider of each figure on the page changes what is drawn; nothing leaves the machine."""
+    figures = PAGES[page]
+    p = _open(site, page, figures)
+    stem = page.split("/")[-1].removesuffix(".html")
+    timings = {}
+    try:
+        for fid in figures:
+            sliders = p.js(f"__ix.sliders('{fid}')")
+            assert len(sliders) >= 2, f"{fid}: expected at least two sliders, got {sliders}"
+            before = p.js(f"__ix.signature('{fid}')")
+            assert len(before) > 100, f"{fid}: nothing drawn"
+            p.screenshot(f"ix-{stem}-{fid}-before", p.js(f"__ix.clip('{fid}')"))
+            ms = []
+            for s in sliders:
+                for target in (s["max"] if s["value"] != s["max"] else s["min"], s["value"]):
+                    sig0 = p.js(f"__ix.signature('{fid}')")
+                    moved = p.js(f"__ix.move('{fid}', '{s['name']}', {target})")
+                    assert abs(moved["value"] - target) < 1e-9, (fid, s, moved)
+                    sig1 = p.js(f"__ix.signature('{fid}')")
+                    assert sig1 != sig0, f"{fid}: moving {s['name']} to {target} changed nothing"
+                    ms.append(moved["ms"])
+            # both sliders away from their start at once, then the after-screenshot
+            for s in sliders[:2]:
+                p.js(f"__ix.move('{fid}', '{s['name']}', {s['max']})")
+            assert p.js(f"__ix.signature('{fid}')") != before
+            p.screenshot(f"ix-{stem}-{fid}-after", p.js(f"__ix.clip('{fid}')"))
+            timings[fid] = {"median_ms": statistics.median(ms), "max_ms": max(ms), "moves": len(ms)}
+        _no_external(p, page)
+    finally:
+        p.close()
+    html = (HTML / page).read_bytes()
+    vendored = sum(f.stat().st_size for f in (HTML / "_static" / "vega").glob("*.js"))
+    _record(page, {"html_bytes": len(html), "vega_js_bytes": vendored, "redraw": timings})
+    assert len(html) + vendored < 5_000_000, f"{page} weighs {len(html) + vendored} bytes"
+
+
+def _trajectories(p: DevToolsPage, fid: str, mark: str) -> dict:
+    pts = p.js(f"__ix.drawn('{fid}', '{mark}').map(function(d) {{ return [d.s, d.k, d.x, d.y]; }})")
+    out = {}
+    for s, k, x, y in pts:
+        out.setdefault(s, {})[k] = (x, y)
+    return {s: [v[k] for k in sorted(v)] for s, v in out.items()}
+
+
+def _assert_close(drawn, xs, what):
+    ref = xs.tolist()
+    assert len(drawn) == len(ref), f"{what}: {len(drawn)} points drawn, physgrad has {len(ref)}"
+    for k, ((x, y), (rx, ry)) in enumerate(zip(drawn, ref)):
+        for u, v in ((x, rx), (y, ry)):
+            assert abs(u - v) <= 1e-9 * max(1.0, abs(v)), f"{what}, iterate {k}: {u} vs {v}"
+
+
+@pytest.mark.parametrize("page", ["chapters/02-gradient-descent.html", "notebooks/explorables.html"])
+def test_gd_trajectory_equals_physgrad(site, page):
+    """Chapter 2: at c = 10^0.5, η = 10^-2.5 the drawn GD path is physgrad's, to 1e-9."""
+    p = _open(site, page, ["pgv-ch2-gd"])
+    try:
+        for name, value in (("lc", 0.5), ("le", -2.5)):
+            p.js(f"__ix.move('pgv-ch2-gd', '{name}', {value})")
+        drawn = _trajectories(p, "pgv-ch2-gd", "gd_x")
+        run = run_method(toy(10 ** 0.5), toy_x0(), "gd", 30, 10 ** -2.5)
+        assert list(drawn) == ["GD"]
+        _assert_close(drawn["GD"], run.xs, "GD")
+        _no_external(p, page)
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("page", ["chapters/05-inverse-simulators.html",
+                                  "notebooks/05-comparison.html"])
+def test_comparison_trajectories_equal_physgrad(site, page):
+    """Chapter 5: with all three sliders moved, every method's drawn path is physgrad's."""
+    fid = "pgv-ch5-comparison"
+    p = _open(site, page, [fid])
+    try:
+        lc, le, eta = -0.5, -1.0, 0.7
+        for name, value in (("lc", lc), ("le", le), ("eta", eta)):
+            p.js(f"__ix.move('{fid}', '{name}', {value})")
+        drawn = _trajectories(p, fid, "cmp_x")
+        assert len(drawn) == len(COMPARISON_METHODS)
+        prob = toy(10 ** lc)
+        for m, opt in COMPARISON_METHODS.items():
+            step = 10 ** le if m in LEARNING_RATE else eta
+            run = run_method(prob, toy_x0(), m, 20, step, **opt)
+            label = {"gd": "GD", "adam": "Adam", "bfgs": "BFGS", "newton": "Newton", "ig": "IG",
+                     "pg": "PG", "hig": "HIG"}[m]
+            _assert_close(drawn[label], run.xs, f"{m} at c = {10 ** lc:g}")
+        _no_external(p, page)
+    finally:
+        p.close()
+
+
+def test_comparison_page_shows_no_dead_controls(site):
+    """On the static comparison page the ipywidgets explorers (which need a kernel) are not
+    shown; the kernel-free figures are, with working sliders."""
+    page = "notebooks/05-comparison.html"
+    p = _open(site, page, PAGES[page])
+    try:
+        visible = p.js("""Array.from(document.querySelectorAll(
+            '.widget-slider, .jupyter-widgets input, .widget-inline-hbox')).filter(
+            function(e) { return e.offsetParent !== null; }).length""")
+        assert visible == 0, f"{visible} frozen ipywidgets controls are visible on {page}"
+        assert p.js("document.querySelectorAll('.pgv input[type=range]').length") >= 7
+        _no_external(p, page)
+    finally:
+        p.close()
+
+
+def test_phone_width_keeps_sliders_reachable(site):
+    """On a 390 px phone screen the chapter-2 figure stays inside the column (it scrolls inside
+    its own box) and its sliders are on screen."""
+    page = "chapters/02-gradient-descent.html"
+    p = DevToolsPage(site.chromium, size=(390, 844))
+    try:
+        p.send("Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2,
+               mobile=True)
+        p.goto(site.url(page))
+        assert p.wait_for("(function(){var e=document.getElementById('pgv-ch2-gd');"
+                          "return e && e.getAttribute('data-ready')==='1';})()", timeout=60)
+        r = p.js("""(function(){var e=document.getElementById('pgv-ch2-gd');
+            e.scrollIntoView({block:'start'});
+            var ins=Array.from(e.querySelectorAll('input[type=range]')).map(function(i){
+              return i.getBoundingClientRect().right;});
+            return {width: window.innerWidth, box: e.getBoundingClientRect().right,
+                    inner: e.scrollWidth, inputs: ins};})()""")
+        assert r["width"] <= 400, r
+        assert r["box"] <= r["width"], f"the figure box sticks out of the screen: {r}"
+        assert r["inputs"] and max(r["inputs"]) <= r["width"], r
+        clip = p.js("""(function(){window.scrollTo(0, 0);
+            var r=document.getElementById('pgv-ch2-gd').getBoundingClientRect();
+            return {x: 0, y: r.top + window.scrollY - 10, width: window.innerWidth,
+                    height: r.height + 20};})()""")
+        p.screenshot("ix-phone-02-gradient-descent", clip)
+    finally:
+        p.close()
+
+
+def test_screenshots_written():
+    """Runs last (file order): the before/after screenshots exist."""
+    shots = sorted(SCREENSHOTS.glob("ix-*-after.png")) if SCREENSHOTS.is_dir() else []
+    if not shots:
+        pytest.skip("no browser run in this session")
+    assert all(s.stat().st_size > 1000 for s in shots)
