@@ -230,75 +230,13 @@ class DevToolsPage:
         self._profile.cleanup()
 
 
-def test_comparison_page_math_and_fallback_slider(site):
-    """The comparison notebook's page offline: MathJax typeset its equations, and the kernel-free
-    fallback of each explorer (a to_jshtml animation) has a JavaScript slider that, when a user
-    clicks it, shows another frame. Nothing is requested from the network."""
-    import time
-
+def test_comparison_page_math(site):
+    """The comparison notebook's page offline: MathJax typeset its equations. (Its kernel-free
+    figures and the absence of dead widget controls are checked in tests/test_interactive.py.)"""
     dom = site.render(COMPARISON)
     assert "<mjx-container" in dom, "MathJax did not typeset the comparison page"
     assert "$$" not in dom
-    assert len(re.findall(r"<input[^>]*type=\"range\"[^>]*anim-slider", dom)) >= 3, \
-        "the static fallback animations (with their range sliders) are missing"
     site.screenshot(COMPARISON, "05-comparison")
-
-    page = DevToolsPage(site.chromium)
-    try:
-        page.goto(site.url(COMPARISON))
-        assert page.wait_for("document.querySelectorAll('mjx-container').length > 0"), "no MathJax output"
-        page.js("window.MathJax && MathJax.startup ? MathJax.startup.promise.then(() => true) : true")
-        assert page.wait_for("(() => { const i = document.querySelector('.animation img');"
-                             " return !!i && i.src.startsWith('data:image/png'); })()"), \
-            "the animation did not show its first frame"
-        where = page.js("""(() => {
-            const s = document.querySelector('input.anim-slider');
-            s.scrollIntoView({block: 'center'});
-            const a = s.closest('.animation').getBoundingClientRect();
-            window.__frame0 = s.closest('.animation').querySelector('img').src;
-            return {value: s.value, max: s.max,
-                    clip: {x: a.left + window.scrollX, y: a.top + window.scrollY, width: a.width,
-                           height: a.height}};
-        })()""")
-        assert where["value"] == "0" and int(where["max"]) >= 2, where
-        page.screenshot("05-comparison-fallback-first-frame", where["clip"])
-        # click the right end of the slider (the last frame). MathJax and the widget snapshot may
-        # still move the page around: aim again until the point is on the slider
-        for _ in range(20):
-            at = page.js("""(() => {
-                const s = document.querySelector('input.anim-slider');
-                s.scrollIntoView({block: 'center'});
-                const r = s.getBoundingClientRect(), x = r.right - 3, y = r.top + r.height / 2;
-                return {x: x, y: y, on: document.elementFromPoint(x, y) === s};
-            })()""")
-            if at["on"]:
-                page.click(at["x"], at["y"])
-                if page.js("document.querySelector('input.anim-slider').value") != "0":
-                    break
-            time.sleep(0.25)
-        moved = page.js("""(() => {
-            const s = document.querySelector('input.anim-slider');
-            const img = s.closest('.animation').querySelector('img');
-            return {value: s.value, max: s.max, changed: img.src !== window.__frame0,
-                    png: img.src.startsWith('data:image/png')};
-        })()""")
-        assert moved["value"] == moved["max"], f"the click did not move the slider: {moved}"
-        assert moved["changed"] and moved["png"], f"moving the slider did not change the frame: {moved}"
-        clip = page.js("""(() => {
-            const a = document.querySelector('.animation').getBoundingClientRect();
-            return {x: a.left + window.scrollX, y: a.top + window.scrollY, width: a.width,
-                    height: a.height};
-        })()""")
-        page.screenshot("05-comparison-fallback-last-frame", clip)
-        # the explorers' widget snapshot (sliders and figure, saved with the notebook) is rendered
-        # by the offline ipywidgets manager: frozen, but visible
-        assert page.wait_for("document.querySelectorAll('.widget-slider').length >= 4"), \
-            "the saved widget state of the explorers was not rendered"
-        local = ("file:", "data:", "blob:", "about:")  # blob: images of the widget snapshot
-        external = [u for u in page.requested_urls() if not u.startswith(local)]
-        assert not external, f"the page requested network resources: {external}"
-    finally:
-        page.close()
 
 
 # --- the cover page --------------------------------------------------------------------------------
