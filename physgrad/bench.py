@@ -24,7 +24,7 @@ Eisenstat–Walker forcing on the non-linear Burgers case, see :class:`physgrad.
 Fairness and statistics:
 
 * torch runs on ``--threads`` threads (default 1) and every BLAS/OpenMP pool that numpy/scipy
-  loaded is limited to the same number with :mod:`threadpoolctl` (without it, the
+  loaded is limited to the same number with ``threadpoolctl`` (without it, the
   ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` variables are set and the
   command re-executes itself once, so that they apply before the libraries load).
 * Every method is warmed up once per case (first calls of kernels and ``torch.func`` are slow),
