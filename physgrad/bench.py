@@ -1,58 +1,85 @@
 r"""Benchmark: inverted updates against the optimizers a user would otherwise pick (chapter 7).
 
 Run ``python -m physgrad.bench`` (add ``--quick`` for a run of at most about two minutes on two
-CPU cores). For every case × method it records the iterations and the wall time needed to reach a
-relative loss ``L/L_0 <= 1e-6`` from the case's start ``x_0``. A method that does not get there
-within its time budget (or step limit) is charged the time it ran and marked ``>`` — its numbers
-are then lower bounds, and so is every ratio computed from them.
+CPU cores; ``--json PATH`` writes the rows and the machine information). For every case × method
+it records the iterations and the wall time needed to reach a relative loss ``L/L_0 <= 1e-6``
+from the case's start ``x_0``. A method that does not get there within its time budget (or step
+limit) is charged the time it ran and marked ``>`` — its numbers are then lower bounds, and so is
+every ratio computed from them.
 
 Cases: ``heat-1d`` (N = 256, νT = 8), ``heat-2d`` (64 × 64, νT = 8, the ill-conditioned case of
-Holl et al. 2022), ``poisson-2d`` (64 × 64, periodic), ``burgers-1d`` (N = 128, 40 semi-implicit
-steps) and the book's ``toy`` problem.
+Holl et al. 2022), ``poisson-2d`` (64 × 64, periodic, h = 1/n), ``burgers-1d`` (N = 128, 40
+semi-implicit steps) and the book's ``toy`` problem.
 
 Methods: ``gd`` (η = 1/σ_max² of J at x_0, by 20 power iterations, included in the time), ``adam``
 (fixed learning rate per case, listed in the JSON), ``lbfgs`` (physgrad's), ``scipy-lbfgsb``
-(:func:`scipy.optimize.minimize` with ``method="L-BFGS-B"``, float64, torch gradients),
-``torch-lbfgs`` (:class:`torch.optim.LBFGS` with strong-Wolfe line search), ``ig`` (matrix-free
-LSQR inverse gradient, never forms J), ``pg`` (the problem's inverse simulator) and ``hig``
-(dense SVD; only where ``x.numel() <= 1024``).
+(:func:`scipy.optimize.minimize` with ``method="L-BFGS-B"``, ``ftol = gtol = 0``, memory 10,
+float64, torch gradients; stopped by its callback at the target), ``torch-lbfgs``
+(:class:`torch.optim.LBFGS`, strong-Wolfe line search, memory 10, driven by *one* ``.step()`` whose
+closure stops the run as soon as a loss at or below the target is evaluated), ``ig`` (matrix-free
+CGLS inverse gradient, never forms J; each inner solve stops at the outer target, with
+Eisenstat–Walker forcing on the non-linear Burgers case, see :class:`physgrad.matfree.Forcing`),
+``pg`` (the problem's inverse simulator) and ``hig`` (dense SVD; only where ``x.numel() <= 1024``).
 
-Runs shorter than 0.5 s are repeated (5 runs in all) and the one with the median wall time is
-reported, since single millisecond-scale timings on a shared machine are noisy.
+Fairness and statistics:
+
+* torch runs on ``--threads`` threads (default 1) and every BLAS/OpenMP pool that numpy/scipy
+  loaded is limited to the same number with ``threadpoolctl`` (without it, the
+  ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` variables are set and the
+  command re-executes itself once, so that they apply before the libraries load).
+* Every method is warmed up once per case (first calls of kernels and ``torch.func`` are slow),
+  then ``--repeats`` rounds (default 5) run all methods of a case in a shuffled order, so a slow
+  phase of the machine hits every method alike. A run that misses the target (a lower bound) or
+  takes longer than ``LONG_RUN`` seconds is not repeated.
+* The row of a method is its median run; a ``RATIO`` is ``t(peer)/t(method)`` per round and is
+  printed as the median with ``[min–max]`` over the rounds.
+* ``pg_step_vs_limit`` = (PG wall time per step inside :func:`physgrad.optimize`) / (one forward
+  plus one inverse simulation, timed bare in the same round): 1 would be the physical limit.
+* The JSON records the CPU model, core count, load average, torch and BLAS threads, package
+  versions, date and git commit.
 
 Step cost: the mean wall time per iteration divided by the wall time of one forward simulation
 (median of repeated calls of ``P(x_0)``) — a *measured* cost in forward-simulation units, which
 includes every loss evaluation, line search and derivative of that method.
 
-Output: a Markdown table, then one ``RATIO`` line per case with wall-time ratios
-``t(peer) / t(method)`` measured in the same run; ``--json PATH`` writes the rows.
+Sub-commands: ``python -m physgrad.bench scaling`` (wall time and iterations to 1e-6 over grid
+sizes, see :func:`scaling`), ``nn-heat`` (chapter 8).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
 import json
 import math
+import os
+import platform
+import random
 import statistics
+import subprocess
 import sys
 import time
 
 import torch
 
-__all__ = ["run", "main", "CASES", "METHODS"]
+__all__ = ["run", "main", "scaling", "machine_info", "CASES", "METHODS"]
 
 CASES = ["heat-1d", "heat-2d", "poisson-2d", "burgers-1d", "toy"]
 METHODS = ["gd", "adam", "lbfgs", "scipy-lbfgsb", "torch-lbfgs", "ig", "pg", "hig"]
+#: cases whose simulator is linear: IG's first inner solve then runs straight to the outer target
+LINEAR_CASES = {"heat-1d", "heat-2d", "poisson-2d"}
 TOL = 1e-6
-#: LSQR settings of the matrix-free IG runs: an inexact Gauss-Newton step, solved to a relative
-#: residual of 1e-3 (about what L/L0 = 1e-6 = (1e-3)^2 asks of one step on a linear problem;
-#: stopping early also regularizes the ill-conditioned directions), at most 30 LSQR iterations.
-IG_SOLVER_TOL = 1e-3
-IG_MAXITER = 30
+#: matrix-free IG: CGLS, each solve stopped when the predicted residual ||J d - Δy|| reaches the
+#: outer target sqrt(TOL)·||r_0|| (Eisenstat-Walker forcing on top for non-linear cases)
+IG_SOLVER = "cg"
+IG_FORCING_FIRST = 0.5
 HIG_MAX_N = 1024
-REPEAT_BELOW = 0.5
 REPEATS = 5
+#: runs longer than this (seconds) are not repeated
+LONG_RUN = 20.0
 ADAM_LR = {"heat-1d": 0.05, "heat-2d": 0.05, "poisson-2d": 0.05, "burgers-1d": 0.01, "toy": 0.1}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 SIZES = {"heat-1d": 256, "heat-2d": 64, "poisson-2d": 64, "burgers-1d": 128}
@@ -79,6 +106,81 @@ def make_case(name: str, device=None, dtype=torch.float64, n=None):
     return p, p.x0
 
 
+# ---------------------------------------------------------------------------- machine and threads
+def _blas_pools():
+    try:
+        import threadpoolctl
+    except ImportError:
+        return None
+    return [{"api": d.get("internal_api"), "threads": d.get("num_threads"),
+             "library": os.path.basename(d.get("filepath", ""))} for d in threadpoolctl.threadpool_info()]
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int):
+    """Run the body with torch on ``threads`` threads and every BLAS/OpenMP pool that is loaded
+    limited to ``threads`` (threadpoolctl; without it the environment variables set by
+    :func:`main` are all there is)."""
+    t0 = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        import numpy  # noqa: F401  (load the BLAS pools that scipy's L-BFGS-B will use)
+        import scipy.optimize  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+        ctx = threadpool_limits(limits=threads)
+    except ImportError:
+        ctx = contextlib.nullcontext()
+    try:
+        with ctx:
+            yield
+    finally:
+        torch.set_num_threads(t0)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device="cpu") -> dict:
+    """CPU model, cores, load average, threads (torch, BLAS), package versions, date, git commit."""
+    vers = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("numpy", "scipy", "threadpoolctl"):
+        try:
+            vers[mod] = __import__(mod).__version__
+        except ImportError:
+            vers[mod] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+            "load_avg_1_5_15": load, "torch_threads": torch.get_num_threads(), "blas_pools": _blas_pools(),
+            "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                           "MKL_NUM_THREADS")},
+            "versions": vers, "git_commit": commit,
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": str(device)}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+# ---------------------------------------------------------------------------- timing helpers
 def _sync(x):
     if x.is_cuda:
         torch.cuda.synchronize()
@@ -98,6 +200,23 @@ def forward_time(prob, x0, reps: int = 30) -> float:
     return statistics.median(ts)
 
 
+def limit_time(prob, x0, reps: int = 15) -> float:
+    """Median wall time of one forward plus one inverse simulation, bare (no checks, no
+    autograd): the physical limit of one PG step."""
+    if prob.inverse is None:
+        return float("nan")
+    ts = []
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            _sync(x0)
+            t = time.perf_counter()
+            y = prob.forward(x0)
+            prob.inverse(prob.target_like(y), x0)
+            _sync(x0)
+            ts.append(time.perf_counter() - t)
+    return statistics.median(ts[1:])
+
+
 def _sigma_max_sq(prob, x, iters: int = 20) -> float:
     """Largest eigenvalue of J^T J at x by power iteration (vjp/jvp products)."""
     g = torch.Generator().manual_seed(0)
@@ -113,6 +232,7 @@ def _sigma_max_sq(prob, x, iters: int = 20) -> float:
     return lam
 
 
+# ---------------------------------------------------------------------------- drivers
 def _run_physgrad(prob, x0, method, budget, max_steps, **opts):
     import physgrad
 
@@ -163,44 +283,58 @@ def _run_scipy(prob, x0, budget, max_steps):
             "note": str(res.message)}
 
 
+class _Stop(Exception):
+    pass
+
+
 def _run_torch_lbfgs(prob, x0, budget, max_steps):
+    """One ``LBFGS.step()`` with up to ``max_steps`` iterations; the closure stops the run at the
+    first evaluated loss at or below the target (during a line search the parameters then sit at
+    that trial point, since torch restores them only after the closure returns)."""
     t0 = time.perf_counter()
     p = x0.detach().clone().requires_grad_(True)
-    # max_iter=10 inner iterations per .step() call (the loss is recorded after each call);
-    # max_iter=1 with strong Wolfe stalls in torch 2.13 (measured: 2000 calls, L/L0 ~ 1e-4 on heat-2d)
-    opt = torch.optim.LBFGS([p], lr=1.0, max_iter=10, history_size=10, line_search_fn="strong_wolfe",
-                            tolerance_grad=0.0, tolerance_change=0.0)
+    opt = torch.optim.LBFGS([p], lr=1.0, max_iter=max_steps, max_eval=5 * max_steps + 10, history_size=10,
+                            line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
     L0 = prob.loss(x0).item()
-    rec = {"losses": [1.0], "times": [0.0], "iters": [0]}
+    rec = {"losses": [1.0], "times": [0.0], "iters": [0], "note": f"step limit ({max_steps})", "best": 1.0}
 
     def closure():
         opt.zero_grad()
         L = prob.loss(p)
         L.backward()
+        rel = L.item() / L0
+        it = int(opt.state[p].get("n_iter", 0))
+        if rel < rec["best"]:
+            rec["best"] = rel
+        if it > rec["iters"][-1]:  # first evaluation of a new iteration: the accepted point's loss
+            rec["losses"].append(rec["best"])
+            rec["times"].append(time.perf_counter() - t0)
+            rec["iters"].append(it)
+        if not math.isfinite(rel):
+            rec["note"] = "diverged"
+            raise _Stop
+        if rel <= TOL:
+            rec["note"] = "reached tol"
+            raise _Stop
+        if time.perf_counter() - t0 > budget:
+            rec["note"] = "time budget"
+            raise _Stop
         return L
 
-    note = f"step limit ({max_steps})"
-    for _ in range(max_steps):
+    try:
         opt.step(closure)
-        with torch.no_grad():
-            rel = prob.loss(p).item() / L0
-        rec["losses"].append(rel)
-        rec["times"].append(time.perf_counter() - t0)
-        rec["iters"].append(int(opt.state[p].get("n_iter", 0)))
-        if not math.isfinite(rel):
-            note = "diverged"
-            break
-        if rel <= TOL:
-            note = "reached tol"
-            break
-        if time.perf_counter() - t0 > budget:
-            note = "time budget"
-            break
+    except _Stop:
+        pass
     _sync(x0)
     wall = time.perf_counter() - t0
-    rel = rec["losses"][-1]
-    return {"x": p.detach().clone(), "iterations": int(opt.state[p].get("n_iter", 0)), "wall_s": wall, "final_rel_loss": rel,
-            "reached": bool(rel <= TOL), "losses": rec["losses"], "times": rec["times"], "note": note,
+    rel = rec["best"]
+    it = int(opt.state[p].get("n_iter", 0))
+    if rec["iters"][-1] != it or rec["losses"][-1] != rel:
+        rec["losses"].append(rel)
+        rec["times"].append(wall)
+        rec["iters"].append(it)
+    return {"x": p.detach().clone(), "iterations": it, "wall_s": wall, "final_rel_loss": rel,
+            "reached": bool(rel <= TOL), "losses": rec["losses"], "times": rec["times"], "note": rec["note"],
             "iters": rec["iters"]}
 
 
@@ -217,57 +351,104 @@ def run_one(case: str, method: str, prob, x0, budget: float, max_steps: int = 10
         r["step_size"] = ADAM_LR[case]
         return r
     if method == "ig":
-        return _run_physgrad(prob, x0, "ig", budget, max_steps, solver="lsqr", solver_tol=IG_SOLVER_TOL,
-                             maxiter=IG_MAXITER)
+        from .matfree import Forcing
+
+        first = 0.0 if case.split("@")[0] in LINEAR_CASES else IG_FORCING_FIRST
+        return _run_physgrad(prob, x0, "ig", budget, max_steps, solver=IG_SOLVER,
+                             solver_tol=Forcing(math.sqrt(TOL), first=first))
     if method == "hig":
         return _run_physgrad(prob, x0, "hig", budget, min(max_steps, 2000))
     return _run_physgrad(prob, x0, method, budget, max_steps)
 
 
+def _stats(v):
+    v = [q for q in v if q is not None and math.isfinite(q)]
+    if not v:
+        return None
+    return {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+
+
 def run(cases=None, methods=None, budget: float = 30.0, device=None, progress=None, warmup: bool = True,
-        sizes=None):
-    """Run the benchmark; returns a list of row dicts (see module docstring). ``sizes`` maps a
-    case to a grid size ``n`` other than the default (e.g. ``{"heat-2d": 512}``)."""
+        sizes=None, repeats: int = REPEATS, dtype=torch.float64, seed: int = 0, long_run: float = LONG_RUN):
+    """Run the benchmark; returns ``(rows, extra)``: one row dict per case × method (its median
+    run, with ``wall_s_repeats``) and ``extra`` with, per case, the per-round ratios and the PG
+    step / physical-limit ratio (see the module docstring). ``sizes`` maps a case to a grid size
+    ``n`` other than the default (e.g. ``{"heat-2d": 512}``)."""
     sizes = dict(sizes or {})
     from tqdm.auto import tqdm
 
     cases = list(cases or CASES)
     methods = list(methods or METHODS)
-    rows = []
-    jobs = [(c, m) for c in cases for m in methods]
-    bar = tqdm(jobs, desc="bench", disable=(not sys.stderr.isatty()) if progress is None else (not progress))
-    probs = {}
-    for case, method in bar:
-        bar.set_postfix_str(f"{case} {method}")
-        if case not in probs:
-            prob, x0 = make_case(case, device=device, n=sizes.get(case))
-            probs[case] = (prob, x0, forward_time(prob, x0))
-        prob, x0, tf = probs[case]
-        if warmup:  # first calls of torch.func transforms and kernels are slow; not timed
-            run_one(case, method, prob, x0, budget=0.0, max_steps=1)
-        prob.counts.clear()
-        r = run_one(case, method, prob, x0, budget)
-        if r is None:
-            continue
-        r["counts"] = dict(prob.counts)
-        # Short runs are at the mercy of scheduler noise: repeat a run that took < REPEAT_BELOW s
-        # (up to REPEATS times in all) and keep the one with the median wall time.
-        if r["wall_s"] < REPEAT_BELOW:
-            reps = [r]
-            for _ in range(REPEATS - 1):
-                prob.counts.clear()
-                rr = run_one(case, method, prob, x0, budget)
-                rr["counts"] = dict(prob.counts)
-                reps.append(rr)
-            reps.sort(key=lambda q: q["wall_s"])
-            r = reps[len(reps) // 2]
-            r["wall_s_repeats"] = [q["wall_s"] for q in reps]
-        it = max(r["iterations"], 1)
+    rng = random.Random(seed)
+    rows, extra = [], {}
+    disable = (not sys.stderr.isatty()) if progress is None else (not progress)
+    bar = tqdm(total=len(cases) * (repeats + 1), desc="bench", disable=disable)
+    for case in cases:
         label = case if case not in sizes else f"{case}@{sizes[case]}"
-        r.update(case=label, method=method, step_cost_forwards=(r["wall_s"] / it) / tf,
-                 forward_s=tf, budget_s=budget)
-        rows.append(r)
-    return rows
+        prob, x0 = make_case(case, device=device, dtype=dtype, n=sizes.get(case))
+        tf = forward_time(prob, x0)
+        ms = [m for m in methods if not (m == "hig" and x0.numel() > HIG_MAX_N)]
+        bar.set_postfix_str(f"{label} warm-up")
+        if warmup:  # first calls of torch.func transforms and kernels are slow; not timed
+            for m in ms:
+                run_one(case, m, prob, x0, budget=0.0, max_steps=1)
+            limit_time(prob, x0, reps=2)
+        bar.update(1)
+        runs = {m: [None] * repeats for m in ms}
+        limits = [None] * repeats
+        done = set()  # methods not repeated (missed the target, or long)
+        for k in range(repeats):
+            order = list(ms)
+            rng.shuffle(order)
+            bar.set_postfix_str(f"{label} round {k + 1}/{repeats}")
+            for m in order:
+                if m in done:
+                    continue
+                prob.counts.clear()
+                r = run_one(case, m, prob, x0, budget)
+                r["counts"] = dict(prob.counts)
+                runs[m][k] = r
+                if not r["reached"] or r["wall_s"] > long_run:
+                    done.add(m)
+            if "pg" in ms:
+                limits[k] = limit_time(prob, x0)
+            bar.update(1)
+        for m in ms:
+            reps = [r for r in runs[m] if r is not None]
+            walls = [r["wall_s"] for r in reps]
+            r = sorted(reps, key=lambda q: q["wall_s"])[(len(reps) - 1) // 2]
+            it = max(r["iterations"], 1)
+            r.update(case=label, method=m, step_cost_forwards=(r["wall_s"] / it) / tf, forward_s=tf,
+                     budget_s=budget, wall_s_repeats=walls, wall_s_median=statistics.median(walls),
+                     wall_s_min=min(walls), wall_s_max=max(walls), reached=all(q["reached"] for q in reps))
+            rows.append(r)
+        # per-round ratios t(peer)/t(method); a method run once is paired with every round of the other
+        ex = {"forward_s": tf, "ratios": {}}
+        for m, peer in _RATIO_PAIRS:
+            if m in runs and peer in runs:
+                a, b = runs[m], runs[peer]
+                pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+                if len(pairs) < min(sum(x is not None for x in a), sum(y is not None for y in b)) or not pairs:
+                    pairs = [(x, y) for x in a if x is not None for y in b if y is not None]
+                vals = [y["wall_s"] / max(x["wall_s"], 1e-12) for x, y in pairs]
+                ex["ratios"][f"{m}_vs_{peer.replace('-', '_')}"] = dict(_stats(vals), values=vals)
+        if "pg" in ms and prob.inverse is not None:
+            vals, steps, lims = [], [], []
+            for r, lim in zip(runs["pg"], limits):
+                if r is not None and lim is not None and r["iterations"] > 0:
+                    steps.append(r["wall_s"] / r["iterations"])
+                    lims.append(lim)
+                    vals.append(steps[-1] / lim)
+            if vals:
+                ex["pg_step_vs_limit"] = dict(_stats(vals), values=vals)
+                ex["pg_step_s"] = statistics.median(steps)
+                ex["limit_s"] = statistics.median(lims)
+        extra[label] = ex
+    bar.close()
+    return rows, extra
+
+
+_RATIO_PAIRS = [("pg", "scipy-lbfgsb"), ("pg", "torch-lbfgs"), ("ig", "scipy-lbfgsb"), ("ig", "torch-lbfgs")]
 
 
 def _fmt_wall(r):
@@ -291,34 +472,44 @@ def calls_per_step(r) -> str:
 
 
 def table(rows) -> str:
-    """Markdown table of the rows."""
-    out = ["| case | method | iterations | wall [s] | final L/L0 | reached 1e-6 | step cost [forwards] | calls/step |",
+    """Markdown table of the rows (wall time: median [min–max] over the repeats)."""
+    out = ["| case | method | iterations | wall [s] median [min–max] | final L/L0 | reached 1e-6 | "
+           "step cost [forwards] | calls/step |",
            "|---|---|---:|---:|---:|:---:|---:|---|"]
     for r in rows:
         its = ("" if r["reached"] else ">") + str(r["iterations"])
-        out.append(f"| {r['case']} | {r['method']} | {its} | {_fmt_wall(r)} | {r['final_rel_loss']:.2e} | "
+        walls = r.get("wall_s_repeats") or [r["wall_s"]]
+        rng = f" [{min(walls):.3g}–{max(walls):.3g}]" if len(walls) > 1 else ""
+        out.append(f"| {r['case']} | {r['method']} | {its} | {_fmt_wall(r)}{rng} | {r['final_rel_loss']:.2e} | "
                    f"{'yes' if r['reached'] else 'no'} | {r['step_cost_forwards']:.3g} | {calls_per_step(r)} |")
     return "\n".join(out)
 
 
-def ratio(rows, case, method, peer) -> str:
-    """``t(peer)/t(method)`` with ``>`` when it is a lower bound (peer missed the target) and
-    ``<`` when an upper bound (method missed it); ``n/a`` when neither or a run is missing."""
+def ratio(rows, case, method, peer, extra=None) -> str:
+    """``t(peer)/t(method)`` as ``median [min–max]`` over the rounds, with ``>`` when it is a lower
+    bound (peer missed the target) and ``<`` when an upper bound (method missed it); ``n/a`` when
+    neither reached it or a run is missing."""
     a = next((r for r in rows if r["case"] == case and r["method"] == method), None)
     b = next((r for r in rows if r["case"] == case and r["method"] == peer), None)
     if a is None or b is None or (not a["reached"] and not b["reached"]):
         return "n/a"
-    v = b["wall_s"] / max(a["wall_s"], 1e-12)
     prefix = "" if (a["reached"] and b["reached"]) else (">" if a["reached"] else "<")
-    return f"{prefix}{v:.3g}"
+    st = ((extra or {}).get(case, {}).get("ratios", {}).get(f"{method}_vs_{peer.replace('-', '_')}"))
+    if st is None:
+        return f"{prefix}{b['wall_s'] / max(a['wall_s'], 1e-12):.3g}"
+    return f"{prefix}{st['median']:.3g} [{st['min']:.3g}–{st['max']:.3g}]"
 
 
-def ratio_lines(rows):
+def ratio_lines(rows, extra=None):
     lines = []
     for case in dict.fromkeys(r["case"] for r in rows):
-        lines.append(f"RATIO {case} pg_vs_scipy_lbfgsb={ratio(rows, case, 'pg', 'scipy-lbfgsb')} "
-                     f"pg_vs_torch_lbfgs={ratio(rows, case, 'pg', 'torch-lbfgs')} "
-                     f"ig_vs_scipy_lbfgsb={ratio(rows, case, 'ig', 'scipy-lbfgsb')}")
+        lines.append(f"RATIO {case} " + " ".join(
+            f"{m}_vs_{p.replace('-', '_')}={ratio(rows, case, m, p, extra)}" for m, p in _RATIO_PAIRS))
+    for case, ex in (extra or {}).items():
+        st = ex.get("pg_step_vs_limit")
+        if st:
+            lines.append(f"LIMIT {case} pg_step_vs_limit={st['median']:.3g} [{st['min']:.3g}–{st['max']:.3g}] "
+                         f"(PG step {ex['pg_step_s'] * 1e3:.3g} ms, forward + inverse {ex['limit_s'] * 1e3:.3g} ms)")
     return lines
 
 
@@ -343,38 +534,66 @@ def _main_nn_heat(argv):
     return out
 
 
+def _pin_env_and_reexec(threads: int, argv):
+    """Without threadpoolctl, BLAS thread counts can only be set before the libraries load: set
+    the variables and re-execute ``python -m physgrad.bench`` once."""
+    try:
+        import threadpoolctl  # noqa: F401
+        return
+    except ImportError:
+        pass
+    want = str(threads)
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    if all(os.environ.get(k) == want for k in keys) or os.environ.get("PHYSGRAD_BENCH_REEXEC"):
+        return
+    env = dict(os.environ, PHYSGRAD_BENCH_REEXEC="1", **{k: want for k in keys})
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "physgrad.bench", *argv], env)
+
+
+def _threads_arg(argv) -> int:
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if a.startswith("--threads="):
+            return int(a.split("=", 1)[1])
+    return 1
+
+
 def main(argv=None):
+    from_cli = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    if from_cli and __name__ == "__main__":
+        _pin_env_and_reexec(_threads_arg(argv), argv)
     if argv[:1] == ["nn-heat"]:
         return _main_nn_heat(argv[1:])
     if argv[:1] == ["batch"]:  # batched vs looped optimize: physgrad/bench_batch.py
         from .bench_batch import main as _main_batch
         return _main_batch(argv[1:])
+    if argv[:1] == ["scaling"]:
+        return _main_scaling(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m physgrad.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short per-method budget (whole run <= ~2 min on 2 cores)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--json", default=None, metavar="PATH", help="write the rows as JSON")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write rows, ratios and machine info as JSON")
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
-    ap.add_argument("--budget", type=float, default=None, help="seconds per method run (default 4 quick, 30 full)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds per method run (default 3 quick, 30 full)")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help=f"interleaved rounds (default {REPEATS})")
+    ap.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
     ap.add_argument("--n", action="append", default=[], metavar="CASE=N",
                     help="grid size override, e.g. --n heat-2d=512 (repeatable); rows are labelled CASE@N")
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: the cases are small and OpenMP threads mostly contend)")
+                    help="torch and BLAS threads (default 1: the cases are small and threads mostly contend)")
     args = ap.parse_args(argv)
-    threads0 = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with pinned_threads(args.threads):
         return _main(args, ap)
-    finally:
-        torch.set_num_threads(threads0)
 
 
 def _main(args, ap):
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda requested but torch.cuda.is_available() is False")
-    budget = args.budget if args.budget is not None else (4.0 if args.quick else 30.0)
+    budget = args.budget if args.budget is not None else (3.0 if args.quick else 30.0)
     cases = [c for c in args.cases.split(",") if c]
     methods = [m for m in args.methods.split(",") if m]
     for c in cases:
@@ -383,28 +602,124 @@ def _main(args, ap):
     for m in methods:
         if m not in METHODS:
             ap.error(f"unknown method {m!r}; choose from {METHODS}")
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     sizes = {}
     for item in args.n:
         c, _, v = item.partition("=")
         if c not in SIZES or not v.isdigit():
             ap.error(f"--n expects CASE=N with CASE in {sorted(SIZES)}, got {item!r}")
         sizes[c] = int(v)
+    info = machine_info(args.device)
     t0 = time.perf_counter()
-    rows = run(cases, methods, budget=budget, device=args.device, sizes=sizes)
-    print(f"physgrad.bench: target L/L0 <= {TOL:g}; budget {budget:g} s per run; device {args.device}; "
-          f"torch threads {torch.get_num_threads()}; step cost = (wall per iteration) / (wall of one forward)")
+    rows, extra = run(cases, methods, budget=budget, device=args.device, sizes=sizes, repeats=args.repeats,
+                      dtype=DTYPES[args.dtype])
+    total = time.perf_counter() - t0
+    print(f"physgrad.bench: target L/L0 <= {TOL:g}; budget {budget:g} s per run; {args.repeats} interleaved "
+          f"rounds; device {args.device}; dtype {args.dtype}; torch threads {torch.get_num_threads()}; "
+          f"BLAS pools {[(p['api'], p['threads']) for p in (_blas_pools() or [])] or 'env only'}; "
+          f"load {info['load_avg_1_5_15']}; {info['cpu']}")
+    print("step cost = (wall per iteration) / (wall of one forward); wall = median [min–max] over rounds")
     print()
     print(table(rows))
     print()
-    for line in ratio_lines(rows):
+    for line in ratio_lines(rows, extra):
         print(line)
-    print(f"total bench time {time.perf_counter() - t0:.1f} s")
+    print(f"total bench time {total:.1f} s")
     if args.json:
-        keys = ["case", "method", "iterations", "wall_s", "final_rel_loss", "reached", "step_cost_forwards",
-                "forward_s", "budget_s", "note", "counts", "step_size", "wall_s_repeats", "losses", "times"]
+        keys = ["case", "method", "iterations", "wall_s", "wall_s_median", "wall_s_min", "wall_s_max",
+                "wall_s_repeats", "final_rel_loss", "reached", "step_cost_forwards", "forward_s", "budget_s",
+                "note", "counts", "step_size", "losses", "times", "iters"]
+        info["load_avg_end"] = machine_info(args.device)["load_avg_1_5_15"]
+        out = {"args": vars(args), "machine": info,
+               "settings": {"tol": TOL, "budget_s": budget, "repeats": args.repeats, "dtype": args.dtype,
+                            "threads": args.threads, "quick": args.quick, "ig_solver": IG_SOLVER,
+                            "sizes": {c: sizes.get(c, SIZES.get(c)) for c in cases}, "total_s": total},
+               "ratio_lines": ratio_lines(rows, extra), "cases": extra,
+               "rows": [{k: r.get(k) for k in keys} for r in rows]}
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump([{k: r.get(k) for k in keys} for r in rows], f, indent=1)
+            json.dump(out, f, indent=1)
     return rows
+
+
+# ---------------------------------------------------------------------------- scaling study
+SCALING_SIZES = {"heat-2d": [64, 128, 256, 512], "poisson-2d": [64, 128, 256, 512],
+                 "heat-1d": [256, 1024, 4096, 16384, 65536]}
+SCALING_METHODS = ["pg", "ig", "scipy-lbfgsb", "torch-lbfgs"]
+
+
+def scaling(cases=None, methods=None, max_n=None, max_n_1d=None, repeats: int = 3, budget: float = 120.0,
+            progress=None, device=None, dtype=torch.float64):
+    """Wall time and iterations to ``L/L0 <= 1e-6`` per method over grid sizes (issue: does PG's
+    lead stay flat or grow?). Returns a list of rows: case, n, unknowns, method, iterations,
+    wall median/min/max, reached, forward and forward+inverse times."""
+    cases = list(cases or SCALING_SIZES)
+    methods = list(methods or SCALING_METHODS)
+    out = []
+    for case in cases:
+        for n in SCALING_SIZES[case]:
+            cap = max_n_1d if case == "heat-1d" else max_n
+            if cap is not None and n > cap:
+                continue
+            rows, extra = run([case], methods, budget=budget, device=device, progress=progress, sizes={case: n},
+                              repeats=repeats, dtype=dtype, long_run=10.0)
+            ex = extra[f"{case}@{n}"]
+            for r in rows:
+                out.append({"case": case, "n": n, "unknowns": n if case == "heat-1d" else n * n,
+                            "method": r["method"], "iterations": r["iterations"], "reached": r["reached"],
+                            "wall_s": r["wall_s_median"], "wall_s_min": r["wall_s_min"],
+                            "wall_s_max": r["wall_s_max"], "wall_s_repeats": r["wall_s_repeats"],
+                            "final_rel_loss": r["final_rel_loss"], "forward_s": ex["forward_s"],
+                            "limit_s": ex.get("limit_s"), "pg_step_s": ex.get("pg_step_s"),
+                            "counts": r.get("counts")})
+    return out
+
+
+def _main_scaling(argv):
+    """``python -m physgrad.bench scaling``: heat-2d and periodic Poisson (h = 1/n) at 64² → 512²
+    and heat-1d at N = 256 → 65536; wall time to L/L0 <= 1e-6 and iterations for PG, IG, SciPy
+    L-BFGS-B and torch LBFGS; writes JSON (default ``results/scaling.json``)."""
+    ap = argparse.ArgumentParser(prog="python -m physgrad.bench scaling", description=_main_scaling.__doc__)
+    ap.add_argument("--json", default="results/scaling.json", metavar="PATH")
+    ap.add_argument("--cases", default=",".join(SCALING_SIZES))
+    ap.add_argument("--methods", default=",".join(SCALING_METHODS))
+    ap.add_argument("--max-n", type=int, default=None, help="largest 2-D grid side (default 512)")
+    ap.add_argument("--max-n-1d", type=int, default=None, help="largest 1-D size (default 65536)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per size (runs > 10 s: once)")
+    ap.add_argument("--budget", type=float, default=120.0, help="seconds per run before it counts as a lower bound")
+    ap.add_argument("--quick", action="store_true", help="2-D up to 256², 1-D up to 16384, 2 rounds")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.max_n = args.max_n or 256
+        args.max_n_1d = args.max_n_1d or 16384
+        args.repeats = min(args.repeats, 2)
+    with pinned_threads(args.threads):
+        info = machine_info("cpu")
+        t0 = time.perf_counter()
+        rows = scaling(args.cases.split(","), args.methods.split(","), args.max_n, args.max_n_1d,
+                       repeats=args.repeats, budget=args.budget, dtype=DTYPES[args.dtype])
+        total = time.perf_counter() - t0
+    print("| case | n | method | iterations | wall [s] median [min–max] |")
+    print("|---|---:|---|---:|---:|")
+    for r in rows:
+        mark = "" if r["reached"] else ">"
+        print(f"| {r['case']} | {r['n']} | {r['method']} | {mark}{r['iterations']} | "
+              f"{mark}{r['wall_s']:.3g} [{r['wall_s_min']:.3g}–{r['wall_s_max']:.3g}] |")
+    print(f"total scaling time {total:.1f} s")
+    info["load_avg_end"] = machine_info("cpu")["load_avg_1_5_15"]
+    out = {"command": "python -m physgrad.bench scaling " + " ".join(argv), "machine": info,
+           "settings": {"tol": TOL, "repeats": args.repeats, "budget_s": args.budget, "threads": args.threads,
+                        "dtype": args.dtype, "max_n": args.max_n, "max_n_1d": args.max_n_1d, "total_s": total},
+           "rows": rows}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":

@@ -20,6 +20,19 @@ is reduced to an undamped-scaling one by the substitution ``z = D d``.
 
 Started from ``d = 0``, both methods converge (in exact arithmetic) to the *minimum-norm*
 least-squares solution when ``λ = 0``, i.e. to ``J^+ r``, so a rank-deficient ``J`` is fine.
+
+Stopping. In an IG step the right-hand side is the wanted output change ``Δy`` and
+``‖J d − Δy‖`` is the residual the outer loop will see next, to first order (exactly, for a linear
+``P`` and ``η = 1``). Both solvers therefore stop when that *predicted outer residual* reaches
+``tol·‖Δy‖`` (or when the normal-equation residual ``‖Jᵀr‖`` is small relative to ``‖J‖·‖r‖``, for
+inconsistent systems, with ``min(tol, 1e-10)``). There is no looser ``‖J‖·‖d‖`` term as in scipy's LSQR test. Pass a
+:class:`Forcing` object as the tolerance to choose it per outer step: it stops each solve at the
+outer target and, for a non-linear ``P``, solves loosely while far from the solution
+(Eisenstat–Walker forcing).
+
+Cost. Each iteration makes one product with ``J`` and one with ``Jᵀ``, updates its vectors in
+place and makes one host synchronization (all scalars of an iteration come from one stacked
+reduction). The residual norm reported at the end is the solver's own estimate: no extra product.
 """
 
 from __future__ import annotations
@@ -31,27 +44,75 @@ import torch
 
 from .problem import Problem
 
-__all__ = ["solve_ls"]
+__all__ = ["solve_ls", "Forcing"]
 
 Tensor = torch.Tensor
 
 
-def _dot(a: Tensor, b: Tensor) -> float:
-    return float((a.reshape(-1) * b.reshape(-1)).sum())
+class Forcing:
+    r"""Per-solve tolerances for the inner least-squares solves of an IG run.
+
+    One object serves one outer run (it remembers the previous residual): pass it as
+    ``solver_tol`` to :func:`solve_ls`, e.g.
+    ``physgrad.optimize(prob, x0, "ig", solver="cg", solver_tol=Forcing(1e-3), tol=1e-6)``.
+
+    For outer step ``k`` with right-hand side ``Δy_k`` (``‖Δy_k‖ = b_k``) the solve stops when the
+    predicted residual ``‖J d − Δy_k‖`` is at most ``max(η_k·b_k, θ·target·b_0)``:
+
+    * ``target·b_0`` is the outer goal: ``target = sqrt(L_goal/L_0)`` (``1e-3`` for the book's
+      ``L/L_0 <= 1e-6``), with the safety factor ``θ = safety``. Solving further is wasted work.
+    * ``η_k`` is the Eisenstat–Walker forcing term, choice 2 of Eisenstat & Walker (1996):
+      ``η_0 = first``, ``η_k = γ (b_k/b_{k−1})^α`` (``γ = 0.9``, ``α = 2``), safeguarded by
+      ``η_k >= γ η_{k−1}^α`` when that is above 0.1, and capped at ``eta_max``. It keeps early solves
+      loose while the linearization is still poor.
+
+    For a linear ``P`` pass ``first=0``: the first solve then runs straight to the outer target,
+    and one IG step finishes the run.
+    """
+
+    def __init__(self, target: float, first: float = 0.5, gamma: float = 0.9, alpha: float = 2.0,
+                 eta_max: float = 0.9, safety: float = 0.9):
+        if not (target > 0 and math.isfinite(target)):
+            raise ValueError(f"target must be a positive float, got {target}")
+        self.target, self.first, self.gamma, self.alpha = float(target), float(first), float(gamma), float(alpha)
+        self.eta_max, self.safety = float(eta_max), float(safety)
+        self.b0 = self.b_prev = self.eta_prev = None
+        self.history = []  # (b_k, eta_k, threshold_k) per solve
+
+    def threshold(self, bnorm: float) -> float:
+        """Absolute stopping threshold on ``‖J d − rhs‖`` for a solve with ``‖rhs‖ = bnorm``."""
+        if self.b0 is None:
+            self.b0 = bnorm
+            eta = self.first
+        else:
+            eta = self.gamma * (bnorm / self.b_prev) ** self.alpha if self.b_prev > 0 else 0.0
+            floor = self.gamma * self.eta_prev ** self.alpha
+            if floor > 0.1:
+                eta = max(eta, floor)
+        eta = min(eta, self.eta_max)
+        self.b_prev, self.eta_prev = bnorm, eta
+        thr = max(eta * bnorm, self.safety * self.target * self.b0)
+        self.history.append((bnorm, eta, thr))
+        return thr
 
 
-def _norm(a: Tensor) -> float:
-    return float(torch.linalg.vector_norm(a))
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return torch.vdot(a.reshape(-1), b.reshape(-1))
+
+
+def _norm(a: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(a)
 
 
 def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method: str = "lsqr",
-             maxiter: Optional[int] = None, tol: float = 1e-10, scale: Optional[Tensor] = None,
-             solver_tol: Optional[float] = None, jvp_mode: str = "rev"):
+             maxiter: Optional[int] = None, tol=1e-10, scale: Optional[Tensor] = None,
+             solver_tol=None, jvp_mode: str = "rev"):
     r"""Solve ``min_d ||J d − rhs||² + damping·||D d||²`` with ``J = ∂P/∂x`` at ``x``, matrix-free.
 
     The result is the pair ``(d, info)``: ``d`` shaped like ``x``; ``info`` a dict with ``iterations``,
-    ``residual_norm`` (``||J d − rhs||``, the undamped part), ``converged`` (bool),
-    ``jvp`` and ``vjp`` (products used), ``method`` and ``stop`` (why it ended).
+    ``residual_norm`` (the solver's estimate of ``||J d − rhs||``, the undamped part),
+    ``converged`` (bool), ``jvp`` and ``vjp`` (products used), ``method``, ``stop`` (why it ended)
+    and ``threshold`` (the absolute residual it aimed for).
 
     Parameters
     ----------
@@ -69,8 +130,11 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
         Iteration limit; default ``2·min(m, n) + 10`` (Krylov methods finish in at most
         ``min(m, n)`` steps in exact arithmetic).
     tol
-        Relative tolerance. LSQR stops with scipy's tests (``atol = btol = tol``); CGLS stops
-        when ``||J^T(rhs − J d) − λ D^2 d|| <= tol · ||J^T rhs||``.
+        A float: stop when ``||J d − rhs|| <= tol·||rhs||`` (the predicted outer residual, relative)
+        or when ``||Jᵀ r − λ D² d||`` is below ``ntol`` times its scale (LSQR: ``ntol·‖J‖·‖r‖``;
+        CGLS: ``ntol·||Jᵀ rhs||``), whichever comes first, with ``ntol = min(tol, 1e-10)``
+        (float32: ``1e-5``); the second test ends solves whose residual cannot reach the first. A
+        :class:`Forcing` object: its threshold for this solve replaces ``tol·||rhs||``.
     scale
         ``D²`` as a positive tensor shaped like ``x``; ``None`` means ``D = I``.
     solver_tol
@@ -90,15 +154,28 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
     if method not in ("lsqr", "cg"):
         raise ValueError(f"method must be 'lsqr' or 'cg', got {method!r}")
     if solver_tol is not None:
-        tol = float(solver_tol)
+        tol = solver_tol
+    forcing = tol if isinstance(tol, Forcing) else None
+    if forcing is None:
+        tol = float(tol)
+        if not (tol >= 0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be a finite float >= 0 or a Forcing, got {tol}")
     damping = float(damping)
     if not (damping >= 0 and math.isfinite(damping)):
         raise ValueError(f"damping must be a finite float >= 0, got {damping}")
+    if jvp_mode not in ("rev", "fwd"):
+        raise ValueError(f"jvp_mode must be 'rev' or 'fwd', got {jvp_mode!r}")
     x = x.detach()
     rhs = rhs.detach().to(dtype=x.dtype, device=x.device)
     m, n = rhs.numel(), x.numel()
     if maxiter is None:
         maxiter = 2 * min(m, n) + 10
+    bnorm = float(_norm(rhs))
+    ntol = 1e-10 if x.dtype == torch.float64 else 1e-5  # normal-equation test: inconsistent systems
+    if forcing is not None:
+        thr = forcing.threshold(bnorm)
+    else:
+        thr, ntol = tol * bnorm, min(tol, ntol)
     if scale is None:
         dinv = None
     else:
@@ -106,8 +183,10 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
         s = torch.where(s > 0, s, torch.ones_like(s))
         dinv = s.rsqrt()
     counts = {"jvp": 0, "vjp": 0}
-    if jvp_mode not in ("rev", "fwd"):
-        raise ValueError(f"jvp_mode must be 'rev' or 'fwd', got {jvp_mode!r}")
+    info = {"iterations": 0, "residual_norm": bnorm, "converged": True, "jvp": 0, "vjp": 0,
+            "method": method, "stop": "rhs is zero", "threshold": thr}
+    if bnorm == 0:
+        return torch.zeros_like(x), info
     if jvp_mode == "rev":
         prob._count("forward")
         _, pull = torch.func.vjp(prob.forward, x)
@@ -137,31 +216,30 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
         return g if dinv is None else dinv * g
 
     if method == "lsqr":
-        z, it, conv, stop = _lsqr(A, At, rhs, x, math.sqrt(damping), maxiter, tol)
+        z, it, conv, stop, rnorm = _lsqr(A, At, rhs, x, math.sqrt(damping), maxiter, thr, ntol, bnorm)
     else:
-        z, it, conv, stop = _cgls(A, At, rhs, x, damping, maxiter, tol)
-    d = z if dinv is None else dinv * z
-    res = _norm(jv(d) - rhs) if it > 0 else _norm(rhs)
-    info = {"iterations": it, "residual_norm": res, "converged": conv, "jvp": counts["jvp"] + (it > 0),
-            "vjp": counts["vjp"], "method": method, "stop": stop}
+        z, it, conv, stop, rnorm = _cgls(A, At, rhs, x, damping, maxiter, thr, ntol)
+    d = z if dinv is None else z.mul_(dinv)
+    info.update(iterations=it, residual_norm=rnorm, converged=conv, jvp=counts["jvp"], vjp=counts["vjp"],
+                stop=stop)
     return d, info
 
 
-def _lsqr(A, At, b, x, damp, maxiter, tol):
-    """LSQR of Paige & Saunders (1982), following scipy.sparse.linalg.lsqr; returns z."""
+def _lsqr(A, At, b, x, damp, maxiter, thr, ntol, bnorm):
+    """LSQR of Paige & Saunders (1982), after scipy.sparse.linalg.lsqr, with in-place vector
+    updates and one host sync per iteration; stops when the (undamped) residual estimate is
+    ``<= thr`` or the normal-equation test ``||A^T r|| <= ntol ||A|| ||r||`` holds."""
     z = torch.zeros_like(x)
-    atol = btol = tol
     ctol = 1e-14 if x.dtype == torch.float64 else 1e-6
     eps = torch.finfo(x.dtype).eps
-    bnorm = beta = _norm(b)
-    if beta == 0:
-        return z, 0, True, "rhs is zero"
+    tiny = torch.finfo(x.dtype).tiny
+    beta = bnorm
     u = b / beta
     v = At(u)
-    alfa = _norm(v)
+    alfa = float(_norm(v))
     if alfa == 0:
-        return z, 0, True, "J^T rhs is zero: rhs is orthogonal to the range of J"
-    v = v / alfa
+        return z, 0, True, "J^T rhs is zero: rhs is orthogonal to the range of J", bnorm
+    v.div_(alfa)
     w = v.clone()
     rhobar, phibar = alfa, beta
     anorm = ddnorm = res2 = xxnorm = zz = 0.0
@@ -170,17 +248,21 @@ def _lsqr(A, At, b, x, damp, maxiter, tol):
     stop = "iteration limit"
     conv = False
     it = 0
+    r1norm = bnorm
     while it < maxiter:
         it += 1
-        u = A(v) - alfa * u
-        beta = _norm(u)
-        if beta > 0:
-            u = u / beta
-            anorm = math.sqrt(anorm ** 2 + alfa ** 2 + beta ** 2 + dampsq)
-            v = At(u) - beta * v
-            alfa = _norm(v)
-            if alfa > 0:
-                v = v / alfa
+        # Golub-Kahan step with the scalars kept on the device until the one sync below
+        u.mul_(-alfa).add_(A(v))
+        beta_t = _norm(u)
+        u.div_(beta_t.clamp_min(tiny))
+        v.mul_(-beta_t).add_(At(u))
+        alfa_t = _norm(v)
+        beta, alfa, wn = torch.stack([beta_t, alfa_t, _norm(w)]).tolist()  # the one host sync
+        if beta == 0:
+            alfa = 0.0
+        elif alfa > 0:
+            v.div_(alfa)
+        anorm = math.sqrt(anorm ** 2 + alfa ** 2 + beta ** 2 + dampsq)
         if damp > 0:
             rhobar1 = math.hypot(rhobar, damp)
             cs1, sn1 = rhobar / rhobar1, damp / rhobar1
@@ -196,71 +278,80 @@ def _lsqr(A, At, b, x, damp, maxiter, tol):
         phibar = sn * phibar
         tau = sn * phi
         t1, t2 = phi / rho, -theta / rho
-        ddnorm += _norm(w) ** 2 / rho ** 2
-        z = z + t1 * w
-        w = v + t2 * w
-        delta = sn2 * rho
+        ddnorm += wn ** 2 / rho ** 2
+        z.add_(w, alpha=t1)
+        w.mul_(t2).add_(v)
         gambar = -cs2 * rho
-        rhs_ = phi - delta * zz
-        zbar = rhs_ / gambar
-        xnorm = math.sqrt(xxnorm + zbar ** 2)
+        rhs_ = phi - sn2 * rho * zz
         gamma = math.hypot(gambar, theta)
         cs2, sn2 = gambar / gamma, theta / gamma
         zz = rhs_ / gamma
         xxnorm += zz ** 2
         acond = anorm * math.sqrt(ddnorm)
-        rnorm = math.sqrt(phibar ** 2 + res2 + psi ** 2)
+        res1 = phibar ** 2
         res2 += psi ** 2
+        rnorm = math.sqrt(res1 + res2)
+        r1sq = rnorm ** 2 - dampsq * xxnorm  # the undamped part ||b - A z||^2
+        r1norm = math.sqrt(abs(r1sq))
         arnorm = alfa * abs(tau)
-        test1 = rnorm / bnorm
-        test2 = arnorm / (anorm * rnorm + eps)
-        test3 = 1.0 / (acond + eps)
-        rtol = btol + atol * anorm * xnorm / bnorm
-        if test3 <= ctol:
-            stop = "condition-number limit reached"
+        if r1norm <= thr:
+            stop = "predicted residual ||J d - rhs|| reached its target"
             conv = True
             break
-        if test2 <= atol:
+        if arnorm <= ntol * (anorm * rnorm + eps):
             stop = "least-squares solution found (||A^T r|| small)"
             conv = True
             break
-        if test1 <= rtol:
-            stop = "J d = rhs solved to tolerance"
+        if 1.0 / (acond + eps) <= ctol:
+            stop = "condition-number limit reached"
             conv = True
             break
         if alfa == 0 or beta == 0 and damp == 0:
             stop = "Krylov space exhausted"
             conv = True
             break
-    return z, it, conv, stop
+    return z, it, conv, stop, r1norm
 
 
-def _cgls(A, At, b, x, lam, maxiter, tol):
-    """CGLS (CG on the damped normal equations, never forming them); returns z."""
+def _cgls(A, At, b, x, lam, maxiter, thr, ntol):
+    """CGLS (CG on the damped normal equations, never forming them), in place, with the step
+    length kept on the device and one host sync per iteration (``||s||²`` and ``||r||²``
+    together); stops when ``||b − A z|| <= thr`` or ``||s|| <= ntol·||s_0||``."""
     z = torch.zeros_like(x)
     r = b.clone()
     s = At(r)
     p = s.clone()
-    gamma = _dot(s, s)
+    gamma_t = _dot(s, s).real
+    gamma = float(gamma_t)
     snorm0 = math.sqrt(gamma)
+    rnorm = float(_norm(b))
     if snorm0 == 0:
-        return z, 0, True, "J^T rhs is zero"
+        return z, 0, True, "J^T rhs is zero", rnorm
     it, conv, stop = 0, False, "iteration limit"
     while it < maxiter:
         it += 1
         q = A(p)
-        delta = _dot(q, q) + lam * _dot(p, p)
-        if delta <= 0:
+        delta_t = _dot(q, q).real
+        if lam:
+            delta_t = delta_t + lam * _dot(p, p).real
+        alpha_t = torch.where(delta_t > 0, gamma_t / delta_t, torch.zeros_like(delta_t))
+        z.addcmul_(p, alpha_t)
+        r.addcmul_(q, alpha_t, value=-1.0)
+        s = At(r)
+        if lam:
+            s.add_(z, alpha=-lam)
+        gamma_new_t = _dot(s, s).real
+        gamma_new, rsq, delta = torch.stack([gamma_new_t, _dot(r, r).real, delta_t]).tolist()  # one sync
+        rnorm = math.sqrt(rsq)
+        if not delta > 0:
             stop, conv = "Krylov space exhausted", True
             break
-        alpha = gamma / delta
-        z = z + alpha * p
-        r = r - alpha * q
-        s = At(r) - lam * z
-        gamma_new = _dot(s, s)
-        if math.sqrt(gamma_new) <= tol * snorm0:
+        if rnorm <= thr:
+            stop, conv = "predicted residual ||J d - rhs|| reached its target", True
+            break
+        if math.sqrt(gamma_new) <= ntol * snorm0:
             stop, conv = "normal-equation residual below tol", True
             break
-        p = s + (gamma_new / gamma) * p
-        gamma = gamma_new
-    return z, it, conv, stop
+        p.mul_(gamma_new / gamma).add_(s)
+        gamma, gamma_t = gamma_new, gamma_new_t
+    return z, it, conv, stop, rnorm

@@ -115,3 +115,22 @@ def test_chapter7_exercise_solutions():
     gain = dd / (dd ** 2 + eps)
     assert abs(gain.max().item() - 5e4) / 5e4 < 1e-6
     assert abs(math.log10(dd[gain.argmax()].item()) + 5) < 1e-3
+
+
+def test_random_boxes_are_sharp_seeded_and_normalized():
+    from physgrad.problems.heat import random_boxes
+
+    b = random_boxes((64, 64), seed=1)
+    assert torch.equal(b, random_boxes((64, 64), seed=1)) and not torch.equal(b, random_boxes((64, 64), seed=2))
+    assert abs(b.mean().item()) < 1e-12 and abs(b.std().item() - 1) < 1e-12
+    # piecewise constant: few distinct levels, and most neighbours are equal (sharp edges between)
+    assert torch.unique(b.round(decimals=9)).numel() <= 2 ** 8
+    same = (b == torch.roll(b, 1, 0)).double().mean().item()
+    assert same > 0.8
+    # jumps of order one at the edges: far more high-frequency energy than the smooth field
+    p_box, p_smooth = heat_2d(field="boxes"), heat_2d()
+    hi = lambda x: torch.fft.rfft2(x).abs()[16:48, :].pow(2).sum().item()  # noqa: E731
+    assert hi(p_box.x_true) > 1e6 * hi(p_smooth.x_true)
+    assert torch.allclose(p_box.target, p_box.forward(p_box.x_true))
+    with pytest.raises(ValueError):
+        heat_1d(field="stripes")

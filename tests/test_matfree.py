@@ -122,22 +122,67 @@ def test_forward_mode_products_agree(method):
         matfree.solve_ls(_prob(A), x, b, jvp_mode="both")
 
 
-def test_bench_smoke_matrix_free_ig_and_peers(tmp_path, capsys):
-    """`python -m physgrad.bench` on the toy case: table, RATIO lines and JSON rows."""
-    import json
+@pytest.mark.parametrize("method", ["lsqr", "cg"])
+def test_stops_at_predicted_residual_and_reports_it_without_extra_product(method):
+    """tol is the relative residual ||J d - b|| / ||b|| the solve aims for; the reported residual is
+    the solver's estimate, equal to the true one, and no product beyond the iterations is made."""
+    A, b = _random(60, 40, seed=2, cond=1e3)
+    b = A @ torch.randn(40, dtype=torch.float64, generator=torch.Generator().manual_seed(9))  # consistent
+    x = torch.zeros(40, dtype=torch.float64)
+    d, info = matfree.solve_ls(_prob(A), x, b, method=method, tol=1e-3)
+    true = (A @ d - b).norm().item()
+    assert true <= 1e-3 * b.norm().item()
+    assert info["residual_norm"] == pytest.approx(true, rel=1e-6)
+    assert info["stop"].startswith("predicted residual")
+    # one product each per iteration (LSQR/CGLS start with one J^T b)
+    assert info["jvp"] == info["iterations"] and info["vjp"] == info["iterations"] + 1
+    d2, info2 = matfree.solve_ls(_prob(A), x, b, method=method, tol=1e-4)
+    assert info2["iterations"] > info["iterations"]
 
-    from physgrad import bench
 
-    out = tmp_path / "bench.json"
-    rows = bench.main(["--cases", "toy", "--methods", "ig,pg,scipy-lbfgsb,torch-lbfgs", "--budget", "5",
-                       "--json", str(out)])
-    text = capsys.readouterr().out
-    assert "| toy | pg |" in text and "RATIO toy pg_vs_scipy_lbfgsb=" in text
-    data = json.loads(out.read_text())
-    assert {r["method"] for r in data} == {"ig", "pg", "scipy-lbfgsb", "torch-lbfgs"}
-    for r in data:
-        assert set(["case", "method", "iterations", "wall_s", "final_rel_loss", "reached",
-                    "step_cost_forwards"]) <= set(r)
-        assert r["reached"], r  # every one of these reaches 1e-6 on the toy in a few steps
-    pg = next(r for r in rows if r["method"] == "pg")
-    assert pg["iterations"] == 1 and pg["counts"]["inverse"] == 1
+def test_lsqr_iterations_match_scipy_pure_residual_test():
+    """With atol = 0 scipy's LSQR stops on ||r|| <= btol ||b||, our rule: same iterate, same count."""
+    from scipy.sparse.linalg import lsqr
+
+    A, b = _random(50, 30, seed=4, cond=10)
+    b = A @ torch.ones(30, dtype=torch.float64)
+    d, info = matfree.solve_ls(_prob(A), torch.zeros(30, dtype=torch.float64), b, tol=1e-6)
+    ref = lsqr(A.numpy(), b.numpy(), atol=0.0, btol=1e-6, conlim=1e14, iter_lim=500)
+    assert info["iterations"] == ref[2]
+    assert np.allclose(d.numpy(), ref[0], atol=1e-6, rtol=0)  # round-off in the Krylov basis grows
+
+
+def test_forcing_terms_follow_eisenstat_walker():
+    f = matfree.Forcing(1e-3, first=0.5)
+    assert f.threshold(10.0) == pytest.approx(5.0)  # eta_0 = 0.5
+    # eta_1 = 0.9 (1/10)^2 = 9e-3; safeguard 0.9 * 0.5^2 = 0.225 > 0.1 wins
+    assert f.threshold(1.0) == pytest.approx(0.225)
+    # eta_2 = 0.9 (0.01)^2 = 9e-5, safeguard 0.9*0.225^2 = 0.0456 < 0.1: not applied; floor 0.9e-3*10
+    assert f.threshold(0.01) == pytest.approx(0.9 * 1e-3 * 10.0)
+    lin = matfree.Forcing(1e-3, first=0.0)
+    assert lin.threshold(4.0) == pytest.approx(0.9 * 1e-3 * 4.0)  # straight to the outer target
+    with pytest.raises(ValueError):
+        matfree.Forcing(0.0)
+
+
+@pytest.mark.parametrize("solver", ["lsqr", "cg"])
+def test_ig_with_forcing_finishes_linear_heat_in_one_step(solver):
+    from physgrad.problems.heat import heat_1d
+
+    p = heat_1d(n=128)
+    res = physgrad.optimize(p, p.x0, "ig", steps=10, tol=1e-6, solver=solver,
+                            solver_tol=matfree.Forcing(1e-3, first=0.0))
+    assert res.nit == 1
+    assert (res.losses[-1] / res.losses[0]).item() <= 1e-6
+
+
+def test_ig_with_forcing_on_burgers_uses_fewer_products_than_fixed_tol():
+    from physgrad.problems.burgers import burgers_1d
+
+    p = burgers_1d(n=64)
+    fixed = physgrad.optimize(p, p.x0, "ig", steps=20, tol=1e-6, solver="cg", solver_tol=1e-3)
+    ew = physgrad.optimize(p, p.x0, "ig", steps=20, tol=1e-6, solver="cg",
+                           solver_tol=matfree.Forcing(1e-3, first=0.5))
+    for r in (fixed, ew):
+        assert (r.losses[-1] / r.losses[0]).item() <= 1e-6
+    assert ew.counts["jvp"] < fixed.counts["jvp"]

@@ -35,7 +35,7 @@ import torch
 
 from ..problem import Problem
 
-__all__ = ["heat_1d", "heat_2d", "decay_factors", "random_field"]
+__all__ = ["heat_1d", "heat_2d", "decay_factors", "random_field", "random_boxes"]
 
 Tensor = torch.Tensor
 
@@ -72,7 +72,31 @@ def random_field(shape, corr: float = 4.0, seed: int = 0, dtype=torch.float64, d
     return (f / f.std()).to(dtype=dtype, device=device)
 
 
-def _heat(shape, nu_T, length, inv_damping, corr, seed, noise, dtype, device, name):
+def random_boxes(shape, count: int = 8, size=(0.1, 0.35), seed: int = 0, dtype=torch.float64,
+                 device=None) -> Tensor:
+    r"""A sharp-edged periodic field: the sum of ``count`` axis-aligned boxes (intervals in 1-D)
+    with random corners, side lengths between ``size[0]`` and ``size[1]`` of the domain and
+    amplitudes uniform in ``[−1, 1]``, as in the heat experiment of Holl et al. (2022); zero mean and
+    unit standard deviation, from a seeded generator. Its edges carry energy at every wavenumber,
+    which is exactly what gradient-based reconstructions lose."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.zeros(*shape, dtype=torch.float64)
+    for _ in range(count):
+        box = torch.ones(*shape, dtype=torch.float64)
+        for ax, n in enumerate(shape):
+            lo = int(torch.randint(0, n, (1,), generator=g))
+            w = max(1, int(round(n * (size[0] + (size[1] - size[0]) * float(torch.rand(1, generator=g))))))
+            mask = torch.zeros(n, dtype=torch.float64)
+            mask[(torch.arange(lo, lo + w) % n)] = 1.0
+            view = [1] * len(shape)
+            view[ax] = n
+            box = box * mask.reshape(view)
+        f += (2 * float(torch.rand(1, generator=g)) - 1) * box
+    f = f - f.mean()
+    return (f / f.std()).to(dtype=dtype, device=device)
+
+
+def _heat(shape, nu_T, length, inv_damping, corr, seed, noise, dtype, device, name, field="smooth"):
     ndim = len(shape)
     dims = tuple(range(-ndim, 0))
     d = decay_factors(shape, nu_T, length, dtype, device)
@@ -97,7 +121,12 @@ def _heat(shape, nu_T, length, inv_damping, corr, seed, noise, dtype, device, na
         r = torch.fft.rfftn(y, dim=dims) - dd * torch.fft.rfftn(x0, dim=dims)
         return x0 + torch.fft.irfftn(rinv * r, s=shape, dim=dims)
 
-    x_true = random_field(shape, corr=corr, seed=seed, dtype=dtype, device=device)
+    if field == "smooth":
+        x_true = random_field(shape, corr=corr, seed=seed, dtype=dtype, device=device)
+    elif field == "boxes":
+        x_true = random_boxes(shape, seed=seed, dtype=dtype, device=device)
+    else:
+        raise ValueError(f"field must be 'smooth' or 'boxes', got {field!r}")
     y_true = forward(x_true)
     target = y_true
     if noise > 0:
@@ -107,26 +136,32 @@ def _heat(shape, nu_T, length, inv_damping, corr, seed, noise, dtype, device, na
     prob.x_true, prob.y_true = x_true, y_true
     prob.x0 = torch.zeros(shape, dtype=dtype, device=device)
     prob.params = {"n": shape[0], "nu_T": nu_T, "inv_damping": eps, "corr": corr, "seed": seed, "noise": noise,
+                   "field": field,
                    "length": length if length is not None else shape[0]}
     prob.decay = d
     return prob
 
 
 def heat_1d(n: int = 256, nu_T: float = 8.0, length: Optional[float] = None, inv_damping: float = 1e-10,
-            corr: float = 4.0, seed: int = 0, noise: float = 0.0, dtype=torch.float64, device=None) -> Problem:
+            corr: float = 4.0, seed: int = 0, noise: float = 0.0, dtype=torch.float64, device=None,
+            field: str = "smooth") -> Problem:
     r"""1-D periodic heat equation, ``y = u(T)`` from ``x = u(0)`` on ``n`` points (eq. ``heat-forward``).
 
     Returns a :class:`~physgrad.problem.Problem` with the damped spectral inverse of the module docstring
     (``inv_damping`` = ``ε``), and extra attributes ``x_true`` (a smooth random field,
     :func:`random_field` with ``corr`` and ``seed``), ``y_true = P(x_true)``, ``x0`` (zeros, the
     usual start), ``decay`` (the factors ``d_k``) and ``params``. The target is ``y_true`` plus
-    Gaussian noise of standard deviation ``noise``.
+    Gaussian noise of standard deviation ``noise``. ``field="boxes"`` draws ``x_true`` from
+    :func:`random_boxes` (sharp edges) instead.
     """
-    return _heat((n,), nu_T, length, inv_damping, corr, seed, noise, dtype, device, f"heat-1d N={n}")
+    return _heat((n,), nu_T, length, inv_damping, corr, seed, noise, dtype, device, f"heat-1d N={n}", field)
 
 
 def heat_2d(n: int = 64, nu_T: float = 8.0, length: Optional[float] = None, inv_damping: float = 1e-10,
-            corr: float = 3.0, seed: int = 0, noise: float = 0.0, dtype=torch.float64, device=None) -> Problem:
+            corr: float = 3.0, seed: int = 0, noise: float = 0.0, dtype=torch.float64, device=None,
+            field: str = "smooth") -> Problem:
     r"""2-D periodic heat equation on an ``n × n`` grid; ``νT = 8`` with unit grid spacing is the
-    strongly ill-conditioned case of Holl et al. (2022). Same attributes as :func:`heat_1d`."""
-    return _heat((n, n), nu_T, length, inv_damping, corr, seed, noise, dtype, device, f"heat-2d {n}x{n}")
+    strongly ill-conditioned case of Holl et al. (2022). Same attributes and ``field`` option as
+    :func:`heat_1d`."""
+    return _heat((n, n), nu_T, length, inv_damping, corr, seed, noise, dtype, device, f"heat-2d {n}x{n}",
+                 field)
