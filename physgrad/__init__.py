@@ -15,8 +15,8 @@ The package behind the book *Inverting Gradients*. The core objects:
 * :mod:`physgrad.nn`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`, :mod:`physgrad.bench` —
   network training, interactive explorers, figures, benchmark (imported on demand).
 
-Dtype and device policy (checked by :func:`optimize` before the first step)
----------------------------------------------------------------------------
+.. rubric:: Dtype and device policy (checked by :func:`optimize` before the first step)
+
 * The run follows ``x0``: its dtype and device are those of every iterate, Jacobian and loss;
   the target is converted to them on use. Nothing hard-codes a device.
 * float32 and float64: every method.
