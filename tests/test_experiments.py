@@ -1,0 +1,69 @@
+"""Tests of physgrad.experiments (chapter 8's experiments): each asserts a property the chapter
+states, at a size small enough for CI."""
+
+import math
+
+import pytest
+import torch
+
+from physgrad import nn
+from physgrad.experiments import heat, multimodality, oscillators, row, machine_info
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_library_does_not_import_experiments():
+    import subprocess
+    import sys
+
+    code = ("import sys, physgrad, physgrad.nn, physgrad.optimize; "
+            "print(any(m.startswith('physgrad.experiments') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_multimodality_supervised_averages_sip_picks_branch():
+    y, x_sup, _ = multimodality.run("supervised")
+    assert x_sup.abs().max().item() < 0.1  # the average of +sqrt(y) and -sqrt(y): ~0
+    for method in ("sip", "adam"):
+        y, x, res = multimodality.run(method)
+        assert (x.abs() - y.sqrt()).abs().max().item() < 0.1, method
+        assert bool((x > 0).all()) or bool((x < 0).all()), method
+        assert res.final_loss < 1e-3
+
+
+def test_heat_run_smoke_and_sip_target_of_exact_prediction():
+    from physgrad.problems.heat import heat_2d, random_field
+
+    for method in ("adam", "sgd", "sip"):
+        res, l1, net, (Xt, Yt) = heat.run(method, n=16, n_train=8, n_test=4, steps=3, batch_size=4,
+                                          channels=4, lr=1e-4)
+        assert len(res.losses) == 3 and l1 > 0 and math.isfinite(l1)
+        assert next(net.parameters()).dtype == torch.float32
+    prob = heat_2d(n=16, nu_T=8.0, inv_damping=1e-6)
+    x = torch.stack([random_field((16, 16), corr=3.0, seed=s) for s in range(3)])
+    y = prob.forward(x)
+    torch.testing.assert_close(nn.sip_targets(x, y, y, prob.inverse), x)
+
+
+def test_oscillator_run_hig_reduces_test_loss():
+    res, osc, s_test = oscillators.run("hig", steps=20, lr=0.2, n_train=64, n_test=16, eval_every=19,
+                                       line_search=None)
+    assert res.eval_losses[-1] < 0.05 * res.eval_losses[0]
+
+
+def test_result_rows_and_machine_info():
+    r = row("heat", "64x64", "adam", "test_x_l1", 3, 125.0)
+    assert r == dict(experiment="heat", setting="64x64", method="adam", metric="test_x_l1", value=3.0,
+                     published=125.0)
+    info = machine_info()
+    for key in ("cpu", "cores", "torch_threads", "torch", "numpy", "python", "date"):
+        assert key in info
