@@ -67,3 +67,54 @@ def test_result_rows_and_machine_info():
     info = machine_info()
     for key in ("cpu", "cores", "torch_threads", "torch", "numpy", "python", "date"):
         assert key in info
+
+
+def test_coupling_inverse_is_exact_and_stays_on_the_branch():
+    from physgrad.experiments import coupling
+
+    g = torch.Generator().manual_seed(0)
+    xi = torch.tensor([1.0, 4.0, 32.0, 32.0], dtype=D)
+    phi = torch.tensor([0.0, 0.3, 0.0, math.pi / 4], dtype=D)
+    x0 = torch.randn(4, 2, dtype=D, generator=g) * 2
+    x_near = x0 + 0.01 * torch.randn(4, 2, dtype=D, generator=g)
+    y = coupling.forward(x_near, xi, phi)
+    x = coupling.inverse(y, x0, xi, phi)
+    torch.testing.assert_close(coupling.forward(x, xi, phi), y)
+    torch.testing.assert_close(x, x_near)  # the solution on x0's branch is the nearby one
+    # the target is reachable: the inverse from 0 lands on x̂* = (0.3, -0.5)
+    xs = coupling.inverse(coupling.target(xi), torch.zeros(4, 2, dtype=D), xi, phi)
+    xh = (coupling.rotation(phi) @ xs.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(xh, torch.tensor([[0.3, -0.5]] * 4, dtype=D))
+
+
+def test_coupling_stacked_networks_train_independently():
+    from physgrad.experiments import coupling
+
+    _, alone = coupling.train_grid("adam", [32.0], [math.pi / 4], steps=30)
+    _, stacked = coupling.train_grid("adam", [1.0, 32.0, 8.0], [0.0, math.pi / 4, 0.5], steps=30)
+    torch.testing.assert_close(stacked[1:2], alone, rtol=1e-12, atol=0)
+
+
+def test_coupling_adam_stalls_under_rotation_sip_does_not():
+    from physgrad.experiments import coupling
+
+    _, adam = coupling.train_grid("adam", [32.0, 32.0], [0.0, math.pi / 4], steps=300)
+    _, sip = coupling.train_grid("sip", [32.0, 32.0], [0.0, math.pi / 4], steps=300)
+    assert adam[0] < 1e-10 < 1e-6 < adam[1]
+    assert sip.max() < 1e-9
+
+
+def test_two_outputs_loss_terms_and_paper_form():
+    from physgrad.experiments import two_outputs
+
+    t, target = two_outputs.data(16)
+    net = nn.mlp([1, 7, 2], seed=0)
+    for lam in (1.0, 0.01):
+        e1, e2 = two_outputs.split_losses(net, t, target, lam)
+        L = nn.physics_loss(net, t, target, two_outputs.physics_for(lam)).item()
+        assert e1 + e2 == pytest.approx(L, rel=1e-12)
+    # the unscaled target: a network outputting y2 = cos(9t)/λ has zero second term
+    lam = 0.01
+    assert (lam * (target[:, 1] / lam) - target[:, 1]).abs().max() < 1e-15
+    res, (e1, e2), _ = two_outputs.run(0.01, "hig", steps=40, n=32)
+    assert res.final_loss < res.losses[0]
