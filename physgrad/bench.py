@@ -354,7 +354,7 @@ def _main_nn(name, argv):
     out["wall_s"] = time.perf_counter() - t0
     out["command"] = f"python -m physgrad.bench nn-{name}" + (" --full" if args.full else "")
     path = args.json or f"results/nn-{name}{'' if args.full else '-quick'}.json"
-    out = write_results(path, out)
+    out = write_results(path, out, threads=args.threads)
     print(json.dumps(out, indent=1, default=str))
     print(f"wrote {path} ({out['wall_s']:.0f} s)")
     return out

@@ -59,9 +59,13 @@ def row(experiment, setting, method, metric, value, published=None, **extra) -> 
                 value=None if value is None else float(value), published=published, **extra)
 
 
-def write_results(path, out: dict) -> dict:
-    """Add the machine info and write ``out`` (with a ``rows`` list) as JSON to ``path``."""
-    out = {"machine": machine_info(), **out}
+def write_results(path, out: dict, threads=None) -> dict:
+    """Add the machine info and write ``out`` (with a ``rows`` list) as JSON to ``path``;
+    ``threads``: the torch thread count the run used (default: the current one)."""
+    info = machine_info()
+    if threads is not None:
+        info["torch_threads"] = threads
+    out = {"machine": info, **out}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1, default=str)
