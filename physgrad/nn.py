@@ -463,7 +463,7 @@ def make_step(method: str, model, physics, *, lr: Optional[float] = None, invers
               y_step: float = 1.0, kappa: Optional[float] = None, truncation: float = 1e-6,
               line_search="default", max_jacobian_bytes: Optional[int] = 2 * GiB,
               residual_scale: float = 1.0):
-    """The optimizer object that :func:`train` loops over for ``method`` (see :data:`METHODS`)."""
+    """The optimizer object that :func:`train` loops over for ``method`` (see ``METHODS``)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     lr = DEFAULT_LR[method] if lr is None else lr
@@ -511,7 +511,7 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
         Number of updates (``0``: only the final evaluation).
     lr
         Learning rate (> 0) of Adam/SGD (adam, sgd, supervised, sip), or the step ``η`` of gn/hig.
-        Default per method (:data:`DEFAULT_LR`): 1e-3 for the Adam/SGD methods, 1 for gn and hig.
+        Default per method (``DEFAULT_LR``): 1e-3 for the Adam/SGD methods, 1 for gn and hig.
     batch_size
         Mini-batch size ≥ 1 (``None``: full batch). Batches are drawn by a generator seeded with
         ``seed``.
