@@ -80,9 +80,9 @@ from .errors import MemoryBudgetError, NonFiniteError, ShapeError, SingularMatri
 from .linalg import spectral_solve
 
 __all__ = [
-    "TrainResult", "train", "make_step", "DP", "SIP", "GN", "HIG", "mlp", "stacked_jacobian",
-    "stacked_jacobian_loop", "jacobian_bytes", "inverted_step", "sip_targets", "sip_loss",
-    "physics_loss", "METHODS", "DEFAULT_LR",
+    "TrainResult", "train", "make_step", "Step", "DP", "SIP", "GN", "HIG", "mlp",
+    "stacked_jacobian", "stacked_jacobian_loop", "jacobian_bytes", "inverted_step",
+    "sip_targets", "sip_loss", "physics_loss", "METHODS", "DEFAULT_LR",
 ]
 
 Tensor = torch.Tensor
@@ -244,8 +244,9 @@ def _check_positive(name, value):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-class _Step:
-    """Common part of the optimizer objects: ``step(inputs, targets[, condition])`` performs one
+class Step:
+    """Base class of the optimizer objects (:class:`DP`, :class:`SIP`, :class:`HIG`,
+    :class:`GN`): ``step(inputs, targets[, condition])`` performs one
     update of ``model`` in place and returns the physics loss of the batch *before* the update
     (a float). ``last_train_loss`` holds the loss the method actually minimised in that step."""
 
@@ -257,7 +258,7 @@ class _Step:
         raise NotImplementedError
 
 
-class DP(_Step):
+class DP(Step):
     r"""Differentiable physics: back-propagate the physics loss (chapter 8, eq. ``nn-loss``) through ``physics``
     and the network, then ``optimizer.step()`` (any ``torch.optim`` optimizer over
     ``model.parameters()``; default Adam with ``lr``)."""
@@ -278,7 +279,7 @@ class DP(_Step):
         return self.last_train_loss
 
 
-class _Supervised(_Step):
+class _Supervised(Step):
     """Adam on the distance to ground-truth inputs (the x_true rows are passed as ``x_true``)."""
 
     def __init__(self, model, physics, optimizer):
@@ -298,7 +299,7 @@ class _Supervised(_Step):
         return lp
 
 
-class SIP(_Step):
+class SIP(Step):
     r"""Scale-invariant physics training as an optimizer object (chapter 8, eq. ``sip-proxy``).
 
     ``step`` runs the network, the simulator, the local ``inverse`` (batched,
@@ -331,7 +332,7 @@ class SIP(_Step):
         return lp
 
 
-class HIG(_Step):
+class HIG(Step):
     r"""Half-inverse gradients over the weights as an optimizer object (chapter 8, eq.
     ``hig-update``): per ``step`` the stacked per-sample Jacobian :math:`\mathcal J`
     (:func:`stacked_jacobian`), the residual ``r = y - y*`` and the update
@@ -555,12 +556,9 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
     -------
     TrainResult
         Per-step losses and cumulative wall times; the model is trained in place and is also
-        ``result.model``.
-
-    Raises
-    ------
-    Any error raised during training (a non-finite loss, an exception from ``physics``,
-    ``inverse`` or ``callback``) carries the partial :class:`TrainResult` as ``err.result``.
+        ``result.model``. An error raised during training (a non-finite loss, an exception
+        from ``physics``, ``inverse`` or ``callback``) carries the partial
+        :class:`TrainResult` as ``err.result``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")

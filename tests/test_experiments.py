@@ -118,3 +118,29 @@ def test_two_outputs_loss_terms_and_paper_form():
     assert (lam * (target[:, 1] / lam) - target[:, 1]).abs().max() < 1e-15
     res, (e1, e2), _ = two_outputs.run(0.01, "hig", steps=40, n=32)
     assert res.final_loss < res.losses[0]
+
+
+def test_random_boxes_are_sharp_reproducible_and_periodic():
+    a = heat.random_boxes(32, seed=5)
+    assert torch.equal(a, heat.random_boxes(32, seed=5)) and not torch.equal(a, heat.random_boxes(32, seed=6))
+    assert a.shape == (32, 32) and a.abs().max() > 0
+    # piecewise constant: most neighbouring cells are equal, and the jumps are not small
+    d = (a - a.roll(1, 0)).abs()
+    assert (d == 0).float().mean() > 0.6
+    assert d[d > 0].min() > 1e-3
+
+
+def test_summary_table_reads_results_and_reports_missing(tmp_path):
+    import json
+
+    from physgrad.experiments import summary
+
+    rows = summary.table_rows(str(tmp_path))
+    assert len(rows) == 4 and all(r["measured"] == "not run yet" for r in rows)
+    d = {"machine": {}, "config": {"budget_s": 100.0}, "rows": [
+        row("oscillators", "published", "hig", "final_test_loss", 1e-5, None, steps=250),
+        row("oscillators", "published", "adam/hig", "final_test_loss_ratio", 40.0, 1e4)]}
+    (tmp_path / "nn-oscillators.json").write_text(json.dumps(d))
+    osc = summary.table_rows(str(tmp_path))[2]
+    assert osc["reproduced"] == "no" and "250" in osc["why"] and osc["measured"].startswith("40")
+    assert "| oscillators, published setting |" in summary.markdown([osc])
