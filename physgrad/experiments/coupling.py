@@ -157,8 +157,11 @@ def bench(full: bool = False, seed: int = 0, progress: bool = True) -> dict:
         wall = time.perf_counter() - t0
         for r in range(len(xi)):
             setting = f"xi={xi[r]:g}, phi={phi[r]:.4f}"
-            rows.append(row("coupling", setting, method, "final_loss", med[r].item(), None,
-                            xi=xi[r], phi=phi[r], steps=steps, seeds=len(seeds), wall_s=wall))
+            v = med[r].item()
+            diverged = int((~torch.isfinite(finals[:, r])).sum())
+            rows.append(row("coupling", setting, method, "final_loss", v if math.isfinite(v) else None,
+                            None, xi=xi[r], phi=phi[r], steps=steps, seeds=len(seeds),
+                            diverged_seeds=diverged, wall_s=wall))
     return {"config": {"steps": steps, "seeds": seeds, "hidden": 16,
                        "optimizers": {k: [v[0].__name__, v[1]] for k, v in OPTIMIZERS.items()}},
             "rows": rows}

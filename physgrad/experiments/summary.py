@@ -69,8 +69,9 @@ def table_rows(results_dir: str = "results") -> list:
         ok = r >= 1e3
         rows.append({**base, "measured": f"{r:.3g} ({steps} HIG steps in {d['config']['budget_s']:.0f} s)",
                      "reproduced": "yes" if ok else "no",
-                     "why": "" if ok else (f"in the same 100 s our HIG took {steps} steps (the paper's "
-                                           "code about 2,900), so it stopped far earlier in its descent")})
+                     "why": "" if ok else (f"our HIG took {steps} steps in the budget, against about "
+                                           "2,900 in the paper's run; whether more steps close the gap "
+                                           "is untested")})
     d = load(results_dir, "heat")
     base = dict(experiment="heat, 64×64 boxes", quantity="test x-L1 Adam / SIP", published="2.48 (125.0 / 50.4)")
     if d is None:
