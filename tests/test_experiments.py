@@ -144,3 +144,10 @@ def test_summary_table_reads_results_and_reports_missing(tmp_path):
     osc = summary.table_rows(str(tmp_path))[2]
     assert osc["reproduced"] == "no" and "250" in osc["why"] and osc["measured"].startswith("40")
     assert "| oscillators, published setting |" in summary.markdown([osc])
+
+
+def test_summary_html_table():
+    from physgrad.experiments import summary
+
+    h = summary.html("| a | b |\n|---|---|\n| `x<1` | 2 |")
+    assert "<th>a</th><th>b</th>" in h and "<td><code>x&lt;1</code></td><td>2</td>" in h

@@ -90,3 +90,24 @@ def markdown(rows) -> str:
         rep = r["reproduced"] + (f": {r['why']}" if r["why"] else "")
         out.append(f"| {r['experiment']} | {r['quantity']} | {r['published']} | {r['measured']} | {rep} |")
     return "\n".join(out)
+
+
+def html(markdown_table: str) -> str:
+    """A Markdown pipe table as an HTML table (for glue across pages, which renders HTML)."""
+    import html as _html
+    import re
+
+    lines = [ln for ln in markdown_table.strip().splitlines() if ln.strip()]
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    head, body = cells[0], [c for c in cells[2:]]
+
+    def fmt(text):
+        text = _html.escape(text)
+        return re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
+
+    out = ['<table class="table">', "<thead><tr>" + "".join(f"<th>{fmt(h)}</th>" for h in head)
+           + "</tr></thead>", "<tbody>"]
+    for row in body:
+        out.append("<tr>" + "".join(f"<td>{fmt(c)}</td>" for c in row) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
