@@ -80,7 +80,9 @@ def table_rows(results_dir: str = "results") -> list:
         r = _value(d, None, "adam/sip", "test_x_l1_ratio")
         ok = r is not None and r >= 2.0
         rows.append({**base, "measured": f"{r:.2f}", "reproduced": "yes" if ok else "no",
-                     "why": "" if ok else "a three-layer CNN trained briefly instead of the paper's U-Net"})
+                     "why": "" if ok else ("SIP is ahead, but by far less; our network is a three-layer "
+                                           "CNN (the paper's a U-Net), and whether that explains the gap "
+                                           "is untested")})
     return rows
 
 
