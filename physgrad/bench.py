@@ -513,24 +513,41 @@ def ratio_lines(rows, extra=None):
     return lines
 
 
-def _main_nn_heat(argv):
-    """``python -m physgrad.bench nn-heat [--full] [--device cpu|cuda] [--seed N]``: the network
-    training comparison on the heat equation (Adam vs SGD vs SIP, chapter 8), printed as JSON."""
-    from .nn import run_nn_heat
+NN_EXPERIMENTS = {"two-outputs": "two_outputs", "oscillators": "oscillators", "coupling": "coupling",
+                  "heat": "heat"}
 
-    ap = argparse.ArgumentParser(prog="python -m physgrad.bench nn-heat", description=_main_nn_heat.__doc__)
-    ap.add_argument("--full", action="store_true", help="64x64, nu*T = 8, the published setting (minutes)")
+
+def _main_nn(name, argv):
+    """``python -m physgrad.bench nn-<name> [--full] [--device cpu|cuda] [--seed N] [--json PATH]``:
+    one of chapter 8's network experiments (``physgrad.experiments``); writes
+    ``results/nn-<name>.json`` (machine info, config, result rows) and prints it."""
+    import importlib
+
+    from .experiments import write_results
+
+    ap = argparse.ArgumentParser(prog=f"python -m physgrad.bench nn-{name}", description=_main_nn.__doc__)
+    ap.add_argument("--full", action="store_true", help="the published size (minutes); default: CI size")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="default results/nn-<name>.json (--full) "
+                    "or results/nn-<name>-quick.json")
     args = ap.parse_args(argv)
+    mod = importlib.import_module(f"physgrad.experiments.{NN_EXPERIMENTS[name]}")
     threads0 = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
     try:
-        out = run_nn_heat(full=args.full, device=args.device, seed=args.seed)
+        kw = {"device": args.device} if args.device != "cpu" else {}
+        out = mod.bench(full=args.full, seed=args.seed, **kw)
     finally:
         torch.set_num_threads(threads0)
+    out["wall_s"] = time.perf_counter() - t0
+    out["command"] = f"python -m physgrad.bench nn-{name}" + (" --full" if args.full else "")
+    path = args.json or f"results/nn-{name}{'' if args.full else '-quick'}.json"
+    out = write_results(path, out, threads=args.threads)
     print(json.dumps(out, indent=1, default=str))
+    print(f"wrote {path} ({out['wall_s']:.0f} s)")
     return out
 
 
@@ -565,13 +582,13 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if from_cli and __name__ == "__main__":
         _pin_env_and_reexec(_threads_arg(argv), argv)
-    if argv[:1] == ["nn-heat"]:
-        return _main_nn_heat(argv[1:])
     if argv[:1] == ["batch"]:  # batched vs looped optimize: physgrad/bench_batch.py
         from .bench_batch import main as _main_batch
         return _main_batch(argv[1:])
     if argv[:1] == ["scaling"]:
         return _main_scaling(argv[1:])
+    if argv[:1] and argv[0].startswith("nn-") and argv[0][3:] in NN_EXPERIMENTS:
+        return _main_nn(argv[0][3:], argv[1:])
     ap = argparse.ArgumentParser(prog="python -m physgrad.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short per-method budget (whole run <= ~2 min on 2 cores)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -1,10 +1,11 @@
-"""Tests of physgrad.nn (chapter 8): per-sample Jacobians, HIG/GN steps, SIP, the demos."""
+"""Tests of physgrad.nn (chapter 8): per-sample Jacobians, HIG/GN steps, SIP, the optimizer
+objects, and the validation of nn.train (the experiments are in test_experiments.py)."""
 
 import pytest
 import torch
 
 from physgrad import nn
-from physgrad.errors import MemoryBudgetError, MissingInverseError
+from physgrad.errors import MemoryBudgetError, MissingInverseError, NonFiniteError, ShapeError
 
 D = torch.float64
 
@@ -70,7 +71,8 @@ def test_hig_kappa_one_equals_gauss_newton_lstsq():
     # one training step of method="hig" with kappa=1 and of method="gn"
     for method, kw in (("hig", {"kappa": 1.0}), ("gn", {})):
         net2 = nn.mlp([2, 4, 2], seed=5)
-        nn.train(net2, inp, tgt, _phys, method, steps=1, lr=1.0, truncation=1e-10, **kw)
+        nn.train(net2, inp, tgt, _phys, method, steps=1, lr=1.0, truncation=1e-10,
+                 line_search=None, **kw)
         theta1 = torch.cat([q.detach().reshape(-1) for q in net2.parameters()])
         torch.testing.assert_close(theta1 - theta0, d_gn, rtol=1e-8, atol=1e-10)
 
@@ -110,17 +112,6 @@ def test_sip_proxy_gradient_matches_analytic_on_linear_problem():
     Lp = nn.physics_loss(net, c, ystar, phys)
     (gP,) = torch.autograd.grad(Lp, net.weight)
     assert (gP - gW).abs().max() > 1e-3
-
-
-def test_multimodality_supervised_averages_sip_picks_branch():
-    y, x_sup, _ = nn.multimodality_demo("supervised")
-    assert x_sup.abs().max().item() < 0.1  # the average of +sqrt(y) and -sqrt(y): ~0
-    for method in ("sip", "adam"):
-        y, x, res = nn.multimodality_demo(method)
-        # on a branch: |x| ~ sqrt(y) everywhere, and one sign throughout
-        assert (x.abs() - y.sqrt()).abs().max().item() < 0.1, method
-        assert bool((x > 0).all()) or bool((x < 0).all()), method
-        assert res.final_loss < 1e-3
 
 
 def test_memory_budget_error_before_allocation():
@@ -179,8 +170,8 @@ def test_chapter8_exercise_answers():
     x_best = xs[sq.argmin()].item()
     assert x_best == pytest.approx(0.0, abs=1e-12)
     assert 0.5 * (x_best ** 2 - 4.0) ** 2 == pytest.approx(8.0)
-    from physgrad.nn import _square_inverse
-    assert _square_inverse(torch.tensor([4.0], dtype=D), torch.tensor([0.5], dtype=D)).item() == 2.0
+    from physgrad.experiments.multimodality import square_inverse
+    assert square_inverse(torch.tensor([4.0], dtype=D), torch.tensor([0.5], dtype=D)).item() == 2.0
     # exercise 2: the spectral step scales like lambda^(1 - kappa)
     g = torch.Generator().manual_seed(0)
     J = torch.randn(6, 9, dtype=D, generator=g)
@@ -199,23 +190,154 @@ def test_chapter8_exercise_answers():
     assert nn.jacobian_bytes(23967, 4, p) <= budget < nn.jacobian_bytes(23968, 4, p)
 
 
-def test_heat_demo_smoke_and_sip_target_of_exact_prediction():
-    pytest.importorskip("physgrad.problems.heat")
-    from physgrad.problems.heat import heat_2d, random_field
+# ----------------------------------------------------------------------------- optimizer objects
+def _hand_loop(make, method, steps=6, bs=4, **train_kw):
+    """``train`` against a hand-written loop over the optimizer object, same batches."""
+    g = torch.Generator().manual_seed(11)
+    inp = torch.randn(12, 2, dtype=D, generator=g)
+    tgt = _phys(torch.randn(12, 2, dtype=D, generator=g))
+    net_a, net_b = nn.mlp([2, 5, 2], seed=2), nn.mlp([2, 5, 2], seed=2)
+    nn.train(net_a, inp, tgt, _phys, method, steps=steps, batch_size=bs, seed=3, **train_kw)
+    opt = make(net_b)
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(3)
+    perm, pos = torch.randperm(12, generator=gen), 0
+    losses = []
+    for _ in range(steps):
+        if pos + bs > 12:
+            perm, pos = torch.randperm(12, generator=gen), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        losses.append(opt.step(inp[idx], tgt[idx]))
+    return net_a, net_b, losses
 
-    for method in ("adam", "sgd", "sip"):
-        res, l1, net, (Xt, Yt) = nn.heat_demo(method, n=16, n_train=8, n_test=4, steps=3, batch_size=4,
-                                             channels=4, lr=1e-4)
-        assert len(res.losses) == 3 and l1 > 0 and torch.isfinite(torch.tensor(l1))
-        assert next(net.parameters()).dtype == torch.float32
-    # a prediction that already is the answer gets itself back as SIP target
-    prob = heat_2d(n=16, nu_T=8.0, inv_damping=1e-6)
-    x = torch.stack([random_field((16, 16), corr=3.0, seed=s) for s in range(3)])
-    y = prob.forward(x)
-    xt = nn.sip_targets(x, y, y, prob.inverse)
-    torch.testing.assert_close(xt, x)
+
+@pytest.mark.parametrize("method", ["adam", "sgd", "sip", "gn", "hig"])
+def test_train_equals_hand_written_loop_over_optimizer_objects(method):
+    def inv(y, x0):  # analytic local inverse of _phys from its first two outputs
+        return torch.stack([torch.sign(x0[:, 0]) * y[:, 0].clamp_min(0).sqrt(),
+                            torch.asin(y[:, 1].clamp(-1, 1))], 1)
+    makers = {
+        "adam": lambda m: nn.DP(m, _phys, torch.optim.Adam(m.parameters(), lr=1e-2)),
+        "sgd": lambda m: nn.DP(m, _phys, torch.optim.SGD(m.parameters(), lr=1e-2)),
+        "sip": lambda m: nn.SIP(m, _phys, inv, torch.optim.Adam(m.parameters(), lr=1e-2), y_step=0.5),
+        "gn": lambda m: nn.GN(m, _phys, lr=0.5),
+        "hig": lambda m: nn.HIG(m, _phys, lr=1.0),
+    }
+    kw = {"gn": dict(lr=0.5), "hig": dict(lr=1.0), "sip": dict(lr=1e-2, inverse=inv, y_step=0.5)}
+    net_a, net_b, losses = _hand_loop(makers[method], method, **kw.get(method, dict(lr=1e-2)))
+    for pa, pb in zip(net_a.parameters(), net_b.parameters()):
+        assert torch.equal(pa, pb), method
+    assert all(isinstance(v, float) for v in losses)
 
 
-def test_oscillator_demo_hig_reduces_test_loss():
-    res, osc, s_test = nn.oscillator_demo("hig", steps=20, lr=0.2, n_train=64, n_test=16, eval_every=19)
-    assert res.eval_losses[-1] < 0.05 * res.eval_losses[0]
+def test_hig_object_with_armijo_never_increases_the_batch_loss():
+    # full batch: the safeguarded HIG step accepts only decreasing steps
+    x = torch.linspace(-1, 1, 32, dtype=D).reshape(-1, 1)
+    tgt = torch.cat([torch.sin(6 * x), torch.cos(9 * x)], 1)
+    scale = torch.tensor([1.0, 0.01], dtype=D)
+    net = nn.mlp([1, 7, 2], seed=0)
+    opt = nn.HIG(net, lambda z: z * scale, lr=10.0)  # far too large a first trial step
+    losses = [opt.step(x, tgt) for _ in range(15)]
+    losses.append(nn.physics_loss(net, x, tgt, lambda z: z * scale).item())
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < 0.98 * losses[0]
+    # the pure step of the same size blows up
+    net2 = nn.mlp([1, 7, 2], seed=0)
+    pure = nn.HIG(net2, lambda z: z * scale, lr=10.0, line_search=None)
+    for _ in range(3):
+        pure.step(x, tgt)
+    assert nn.physics_loss(net2, x, tgt, lambda z: z * scale).item() > losses[0]
+
+
+def test_gn_object_is_hig_with_kappa_one():
+    assert nn.GN(nn.mlp([1, 2, 1]), lambda z: z).kappa == 1.0
+    assert nn.HIG(nn.mlp([1, 2, 1]), lambda z: z).kappa == 0.5
+    assert nn.GN(nn.mlp([1, 2, 1]), lambda z: z).line_search is None
+
+
+# ----------------------------------------------------------------------------- validation (issue 12)
+def _tiny():
+    return nn.mlp([1, 4, 1], seed=0), torch.zeros(4, 1, dtype=D)
+
+
+@pytest.mark.parametrize("method", ["adam", "sgd", "gn", "hig"])
+@pytest.mark.parametrize("lr", [0.0, -1.0, float("nan"), float("inf")])
+def test_train_rejects_non_positive_lr(method, lr):
+    net, x = _tiny()
+    with pytest.raises(ValueError, match="lr"):
+        nn.train(net, x, x, lambda z: z, method, steps=2, lr=lr)
+
+
+@pytest.mark.parametrize("bs", [0, -3, 1.5, True])
+def test_train_rejects_bad_batch_size(bs):
+    net, x = _tiny()
+    with pytest.raises(ValueError, match="batch_size"):
+        nn.train(net, x, x, lambda z: z, "adam", steps=2, batch_size=bs)
+
+
+def test_train_checks_target_shape_against_physics():
+    net, x = _tiny()
+    with pytest.raises(ShapeError, match="per sample"):
+        nn.train(net, x, torch.zeros(4, 3, dtype=D), lambda z: z, "adam", steps=1)
+
+
+def test_train_rejects_nan_inputs_without_blaming_lr():
+    net, x = _tiny()
+    bad = x.clone()
+    bad[1] = float("nan")
+    with pytest.raises(NonFiniteError, match="inputs") as e:
+        nn.train(net, bad, x, lambda z: z, "adam", steps=1)
+    assert "lr" not in str(e.value)
+
+
+def test_default_step_sizes_per_method():
+    assert nn.DEFAULT_LR["gn"] == 1.0 and nn.DEFAULT_LR["hig"] == 1.0 and nn.DEFAULT_LR["adam"] == 1e-3
+    net, x = _tiny()
+    assert nn.make_step("hig", net, lambda z: z).line_search == "armijo"
+    assert nn.make_step("gn", net, lambda z: z).lr == 1.0
+    # at its default (η = 1), GN solves a linear least-squares fit of a linear model in one step
+    lin = torch.nn.Linear(1, 1).double()
+    t = torch.linspace(-1, 1, 8, dtype=D).reshape(-1, 1)
+    res = nn.train(lin, t, 3 * t - 2, lambda z: z, "gn", steps=1)
+    assert res.final_loss < 1e-20
+
+
+def test_steps_zero_and_final_evaluation():
+    net, x = _tiny()
+    y = torch.ones(4, 1, dtype=D)
+    res = nn.train(net, x, y, lambda z: z, "adam", steps=0, eval_data=(x, y), eval_every=5)
+    L0 = nn.physics_loss(net, x, y, lambda z: z).item()
+    assert res.losses == [] and res.final_loss == L0 and res.eval_losses == [L0]
+    # an early stop (callback after step 2) still evaluates the final weights
+    res = nn.train(net, x, y, lambda z: z, "adam", steps=50, lr=1e-2, eval_data=(x, y),
+                   eval_every=10, callback=lambda k, r: k == 2)
+    assert len(res.losses) == 3 and res.eval_steps == [0, 2]
+    assert res.eval_losses[-1] == nn.physics_loss(net, x, y, lambda z: z).item() == res.final_loss
+
+
+def test_error_mid_training_carries_partial_result():
+    net, x = _tiny()
+    calls = []
+
+    def phys(z):
+        calls.append(1)
+        if len(calls) > 5:  # the shape check and four training steps go through
+            raise RuntimeError("simulator crashed")
+        return z
+
+    with pytest.raises(RuntimeError, match="crashed") as e:
+        nn.train(net, x, torch.ones(4, 1, dtype=D), phys, "adam", steps=10)
+    part = e.value.result
+    assert isinstance(part, nn.TrainResult) and len(part.losses) == 4
+    assert "RuntimeError" in part.message
+    # divergence: a NonFiniteError with the steps before it
+    calls.clear()
+
+    def blows_up(z):
+        calls.append(1)
+        return z * (float("inf") if len(calls) > 3 else 1.0)
+
+    with pytest.raises(NonFiniteError, match="step 2") as e:
+        nn.train(net, x, torch.ones(4, 1, dtype=D), blows_up, "sgd", steps=50)
+    assert isinstance(e.value.result, nn.TrainResult) and len(e.value.result.losses) == 2

@@ -17,6 +17,11 @@ For the linear chain :math:`s_T = A s_0 + G u` is affine in ``u``; the local inv
 ``u = u0 + G^+ (y - P(u0))`` is exact and returns the control closest to ``u0``. For the
 non-linear chain the same formula is iterated (Gauss–Newton, min-norm) a few times.
 
+Two further options reproduce the published setting of the HIG paper's notebook
+(Schnell et al. 2022): ``integrator="rk4"`` (classical Runge–Kutta with the control held
+constant over a step) and ``actuated="last"`` (only the last mass is pushed, ``steps``
+controls instead of ``steps * n``).
+
 Stability: symplectic Euler is stable while ``ω dt < 2`` for the stiffest mode. The linear chain
 (``ω² ≤ 1 + 4c``) is far from the limit at ``dt = 0.5``; the quartic coupling stiffens like
 ``3c (q_i − q_j)²``, so with ``dt = 0.5`` the non-linear chain blows up once neighbours are
@@ -44,11 +49,45 @@ class Oscillators:
     coupling: float = 0.2
     nonlinear: bool = False
     inverse_iterations: int = 5
+    integrator: str = "symplectic"
+    actuated: str = "all"
+
+    def __post_init__(self):
+        if self.integrator not in ("symplectic", "rk4"):
+            raise ValueError(f"integrator must be 'symplectic' or 'rk4', got {self.integrator!r}")
+        if self.actuated not in ("all", "last"):
+            raise ValueError(f"actuated must be 'all' or 'last', got {self.actuated!r}")
+
+    @property
+    def controls_per_step(self) -> int:
+        return self.n if self.actuated == "all" else 1
 
     @property
     def x_size(self) -> int:
-        """Number of control values, ``steps * n``."""
-        return self.steps * self.n
+        """Number of control values, ``steps * n`` (all masses actuated) or ``steps`` (last)."""
+        return self.steps * self.controls_per_step
+
+    def _push(self, u_t: Tensor) -> Tensor:
+        """The force on each mass from this step's controls."""
+        if self.actuated == "all":
+            return u_t
+        return torch.nn.functional.pad(u_t, (self.n - 1, 0))
+
+    def _step(self, q: Tensor, p: Tensor, f: Tensor):
+        dt = self.dt
+        if self.integrator == "symplectic":
+            p = p + dt * (-self._force(q) + f)
+            return q + dt * p, p
+
+        def acc(qq):
+            return -self._force(qq) + f
+
+        k1q, k1p = p, acc(q)
+        k2q, k2p = p + 0.5 * dt * k1p, acc(q + 0.5 * dt * k1q)
+        k3q, k3p = p + 0.5 * dt * k2p, acc(q + 0.5 * dt * k2q)
+        k4q, k4p = p + dt * k3p, acc(q + dt * k3q)
+        return (q + dt / 6 * (k1q + 2 * k2q + 2 * k3q + k4q),
+                p + dt / 6 * (k1p + 2 * k2p + 2 * k3p + k4p))
 
     def _force(self, q: Tensor) -> Tensor:
         d = q[..., :-1] - q[..., 1:]  # q_i - q_{i+1}
@@ -61,21 +100,19 @@ class Oscillators:
     def simulate(self, u: Tensor, s0: Tensor) -> Tensor:
         """Final states for a batch: ``u`` of shape ``(B, steps*n)`` or ``(B, steps, n)``,
         ``s0`` of shape ``(B, 2n)`` -> ``(B, 2n)``."""
-        u = u.reshape(u.shape[0], self.steps, self.n)
+        u = u.reshape(u.shape[0], self.steps, self.controls_per_step)
         q, p = s0[..., : self.n], s0[..., self.n:]
         for t in range(self.steps):
-            p = p + self.dt * (-self._force(q) + u[:, t])
-            q = q + self.dt * p
+            q, p = self._step(q, p, self._push(u[:, t]))
         return torch.cat([q, p], dim=-1)
 
     def trajectory(self, u: Tensor, s0: Tensor) -> Tensor:
         """All states ``(B, steps+1, 2n)`` (for plots)."""
-        u = u.reshape(u.shape[0], self.steps, self.n)
+        u = u.reshape(u.shape[0], self.steps, self.controls_per_step)
         q, p = s0[..., : self.n], s0[..., self.n:]
         out = [torch.cat([q, p], -1)]
         for t in range(self.steps):
-            p = p + self.dt * (-self._force(q) + u[:, t])
-            q = q + self.dt * p
+            q, p = self._step(q, p, self._push(u[:, t]))
             out.append(torch.cat([q, p], -1))
         return torch.stack(out, 1)
 
@@ -96,9 +133,13 @@ class Oscillators:
             u = u + (torch.linalg.pinv(G) @ r.unsqueeze(-1)).squeeze(-1)
         return u.reshape(shape)
 
-    def sample_states(self, count: int, seed: int = 0, dtype=torch.float64, device=None) -> Tensor:
-        """``count`` random initial states, q and p standard normal (reproducible from ``seed``)."""
+    def sample_states(self, count: int, seed: int = 0, dtype=torch.float64, device=None,
+                      uniform: bool = False) -> Tensor:
+        """``count`` random initial states, q and p standard normal, or uniform on [-1, 1] with
+        ``uniform=True`` (reproducible from ``seed``)."""
         g = torch.Generator(device="cpu").manual_seed(seed)
+        if uniform:
+            return (2 * torch.rand(count, 2 * self.n, generator=g, dtype=dtype) - 1).to(device)
         return torch.randn(count, 2 * self.n, generator=g, dtype=dtype).to(device)
 
     def problem(self, s0: Tensor):
@@ -115,6 +156,9 @@ class Oscillators:
 
 
 def oscillators(n: int = 2, steps: int = 24, dt: float = 0.5, coupling: float = 0.2,
-                nonlinear: bool = False) -> Oscillators:
-    """The chapter 8 control problem: ``n`` coupled oscillators, ``steps`` steps of ``dt``."""
-    return Oscillators(n=n, steps=steps, dt=dt, coupling=coupling, nonlinear=nonlinear)
+                nonlinear: bool = False, integrator: str = "symplectic",
+                actuated: str = "all") -> Oscillators:
+    """The chapter 8 control problem: ``n`` coupled oscillators, ``steps`` steps of ``dt``
+    (``integrator="rk4", actuated="last"``: the HIG paper's setting)."""
+    return Oscillators(n=n, steps=steps, dt=dt, coupling=coupling, nonlinear=nonlinear,
+                       integrator=integrator, actuated=actuated)
