@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import jacrev, vmap
+from ..inverse import numerical_inverse
 
 __all__ = ["Oscillators", "oscillators"]
 
@@ -118,20 +118,15 @@ class Oscillators:
 
     def inverse(self, y: Tensor, u0: Tensor, s0: Tensor) -> Tensor:
         r"""Local inverse for a batch: the control closest to ``u0`` whose final state is ``y``,
-        ``u = u0 + G^+ (y - P(u0))`` (iterated ``inverse_iterations`` times when non-linear)."""
+        ``u = u0 + G^+ (y - P(u0))`` per sample (one undamped Gauss–Newton step for the linear
+        chain; ``inverse_iterations`` of them, stopping early per sample, when non-linear). It is
+        :func:`physgrad.inverse.numerical_inverse` with ``batched=True`` on ``u ↦ P(u; s0)``."""
         shape = u0.shape
         u = u0.reshape(u0.shape[0], -1)
-
-        def one(ub, sb):
-            return self.simulate(ub[None], sb[None])[0]
-
-        jac = vmap(jacrev(one), in_dims=(0, 0))
         iters = self.inverse_iterations if self.nonlinear else 1
-        for _ in range(iters):
-            G = jac(u, s0)  # (B, 2n, steps*n)
-            r = y - self.simulate(u, s0)
-            u = u + (torch.linalg.pinv(G) @ r.unsqueeze(-1)).squeeze(-1)
-        return u.reshape(shape)
+        inv = numerical_inverse(lambda ub: self.simulate(ub, s0), batched=True, damping=0.0,
+                                iters=iters, on_fail="best")
+        return inv(y, u).reshape(shape)
 
     def sample_states(self, count: int, seed: int = 0, dtype=torch.float64, device=None,
                       uniform: bool = False) -> Tensor:
