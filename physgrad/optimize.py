@@ -308,6 +308,16 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         if unsupported:
             raise TypeError(f"{', '.join(unsupported)} not supported for batched problems yet: "
                             "use tol (per sample), or a loop over single problems")
+        if torch.is_tensor(x0) and x0.ndim >= 2 and x0.shape[0] > 0:
+            # the same dtype policy as for one problem, checked on the first sample's output
+            _check_dtypes(problem, method, x0, problem.forward(x0[:1]))
+            if method in _LINALG_METHODS:  # per-sample (B, n, n) / (B, m, n) matrices
+                from .problem import _dense_bytes, check_memory
+                n = x0[0].numel()
+                m = problem.target[0].numel() if problem.target.ndim >= 2 else n
+                k = n if method in ("newton", "bfgs") else m
+                check_memory(x0.shape[0] * _dense_bytes(k, n, x0.dtype),
+                             f"the {x0.shape[0]} per-sample {k}x{n} matrices of batched {method!r}")
         return batched.optimize(problem, x0, method, steps, step_size, tol=tol, callback=callback, progress=progress,
                                 time_budget=time_budget, on_nonfinite=on_nonfinite, keep_xs=keep_xs, **options)
     if method not in METHODS:

@@ -249,3 +249,28 @@ def test_batch_benchmark_runs_and_batch_equals_loop(tmp_path):
 
     d = json.loads(out.read_text())
     assert {"cpu", "cores", "torch_threads", "versions", "date"} <= set(d["machine"])
+
+
+@pytest.mark.parametrize("dtype,method", [(torch.float16, "ig"), (torch.bfloat16, "newton"),
+                                          (torch.complex128, "newton"), (torch.complex128, "hig")])
+def test_batched_entrance_applies_the_dtype_policy(dtype, method):
+    """The same clear TypeError at the start as for a single problem, not a torch error later."""
+    prob = Problem(lambda x: x ** 2, torch.ones(3, 2, dtype=dtype), batched=True)
+    with pytest.raises(TypeError, match="float32|complex"):
+        optimize(prob, 2 * torch.ones(3, 2, dtype=dtype), method, steps=2, progress=False)
+
+
+def test_batched_memory_guard(monkeypatch):
+    """B per-sample Hessians are checked against the memory budget before they are formed."""
+    monkeypatch.setenv("PHYSGRAD_MEMORY_BUDGET", "1K")
+    prob = Problem(lambda x: x ** 2, torch.ones(100, 20, dtype=D), batched=True)
+    with pytest.raises(physgrad.MemoryBudgetError, match="per-sample"):
+        optimize(prob, 2 * torch.ones(100, 20, dtype=D), "newton", steps=2, progress=False)
+    optimize(prob, 2 * torch.ones(100, 20, dtype=D), "gd", steps=2, step_size=0.1, progress=False)
+
+
+def test_batched_rejects_unsupported_stopping_options():
+    prob = Problem(lambda x: x ** 2, torch.ones(3, 2, dtype=D), batched=True)
+    for kw in (dict(atol=1e-3), dict(gtol=1e-3), dict(xtol=1e-3)):
+        with pytest.raises(TypeError, match="not supported for batched"):
+            optimize(prob, 2 * torch.ones(3, 2, dtype=D), "newton", steps=2, progress=False, **kw)
