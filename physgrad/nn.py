@@ -576,6 +576,10 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
     for name, t in (("inputs", inputs), ("targets", targets), ("condition", condition)):
         if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"{name} contain NaN or Inf; clean the data before training")
+    params = [q for q in model.parameters() if q.is_floating_point()]
+    if params and inputs.is_floating_point() and inputs.dtype != params[0].dtype:
+        raise TypeError(f"the model's parameters are {params[0].dtype} but the inputs are {inputs.dtype}: "
+                        f"convert one of them, e.g. model.to({inputs.dtype}) or inputs.to({params[0].dtype})")
     stepper = make_step(method, model, physics, lr=lr, inverse=inverse, y_step=y_step, kappa=kappa,
                         truncation=truncation, line_search=line_search,
                         max_jacobian_bytes=max_jacobian_bytes, residual_scale=residual_scale)

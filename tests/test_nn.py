@@ -341,3 +341,11 @@ def test_error_mid_training_carries_partial_result():
     with pytest.raises(NonFiniteError, match="step 2") as e:
         nn.train(net, x, torch.ones(4, 1, dtype=D), blows_up, "sgd", steps=50)
     assert isinstance(e.value.result, nn.TrainResult) and len(e.value.result.losses) == 2
+
+
+def test_train_rejects_model_and_inputs_of_different_precision():
+    """A float32 model with float64 data gets a clear TypeError before any work (review row 56)."""
+    model = torch.nn.Linear(2, 2)  # float32
+    inputs = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float32 but the inputs are torch.float64"):
+        nn.train(model, inputs, inputs.clone(), lambda x: x, "adam", steps=1)
