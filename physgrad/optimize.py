@@ -270,7 +270,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     progress
         ``True`` always shows a tqdm bar, ``False`` never, ``None`` when stderr is a terminal.
     time_budget
-        Stop after this many seconds of wall-clock time.
+        Stop after this many seconds of wall-clock time (``None`` or ``float("inf")``: no budget).
     on_nonfinite
         ``"raise"`` (default) raises :class:`~physgrad.errors.NonFiniteError` (with
         ``err.result``) when the loss or an update becomes NaN/Inf; ``"stop"`` ends the run there
@@ -328,8 +328,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     tol, atol, gtol, xtol = (_check_tolerance(n, v) for n, v in
                              (("tol", tol), ("atol", atol), ("gtol", gtol), ("xtol", xtol)))
-    if time_budget is not None:
-        _check_tolerance("time_budget", time_budget)
+    if time_budget is not None and not (isinstance(time_budget, numbers.Real) and time_budget == math.inf):
+        _check_tolerance("time_budget", time_budget)  # (an infinite budget means none)
     fn, state_factory, needs_eta = METHODS[method]
     if step_size is None:
         if needs_eta:

@@ -201,3 +201,14 @@ def test_error_mid_run_names_step_and_keeps_trajectory():
 def test_integer_target_list_becomes_float():
     prob = physgrad.Problem(lambda x: x, [1, 2])
     assert prob.target.is_floating_point()
+
+
+def test_infinite_time_budget_means_none():
+    """time_budget=float('inf') is accepted (no budget) and gives the same run as None."""
+    from physgrad.problems.toy import toy, toy_x0
+
+    a = physgrad.optimize(toy(), toy_x0(), "pg", steps=5, time_budget=float("inf"))
+    b = physgrad.optimize(toy(), toy_x0(), "pg", steps=5)
+    assert torch.equal(a.xs, b.xs) and a.status == b.status
+    with pytest.raises(ValueError, match="time_budget"):
+        physgrad.optimize(toy(), toy_x0(), "pg", steps=5, time_budget=-1.0)
