@@ -2,20 +2,20 @@ r"""physgrad: inverted gradients for physics-based optimization and learning.
 
 The package behind the book *Inverting Gradients*. The core objects:
 
-* :class:`Problem` — a simulator ``P``, a target ``y*`` and optionally a local inverse
+* :class:`~physgrad.problem.Problem` — a simulator ``P``, a target ``y*`` and optionally a local inverse
   ``P^{-1}(y; x0)``; loss ``L(x) = ½||P(x) − y*||²``.
-* :func:`optimize` — runs one of the book's updates (``gd``, ``adam``, ``newton``, ``bfgs``,
-  ``lbfgs``, ``ig``, ``pg``, ``hig``) and returns a :class:`Result`.
+* :func:`~physgrad.optimize.optimize` — runs one of the book's updates (``gd``, ``adam``, ``newton``, ``bfgs``,
+  ``lbfgs``, ``ig``, ``pg``, ``hig``) and returns a :class:`~physgrad.optimize.Result`.
 * :mod:`physgrad.updates` — each update as a plain function returning ``Δx``.
 * :mod:`physgrad.linalg` — pseudo-inverse, truncated SVD, damped solves.
 * :mod:`physgrad.matfree` — matrix-free least squares (LSQR / CGLS over ``jvp``/``vjp``).
 * :mod:`physgrad.batched` — batches of independent problems (``Problem(..., batched=True)``).
 * :mod:`physgrad.inverse` — a numerical local inverse for any differentiable simulator.
-* :mod:`physgrad.problems` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
+* ``physgrad.problems`` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
 * :mod:`physgrad.nn`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`, :mod:`physgrad.bench` —
   network training, interactive explorers, figures, benchmark (imported on demand).
 
-.. rubric:: Dtype and device policy (checked by :func:`optimize` before the first step)
+.. rubric:: Dtype and device policy (checked by :func:`~physgrad.optimize.optimize` before the first step)
 
 * The run follows ``x0``: its dtype and device are those of every iterate, Jacobian and loss;
   the target is converted to them on use. Nothing hard-codes a device.
@@ -29,18 +29,18 @@ The package behind the book *Inverting Gradients*. The core objects:
 * The forward's output must have the precision of x (``P(x).dtype == x.dtype``, or its complex
   counterpart); otherwise ``TypeError`` at the start. A complex output of a real x is refused by
   ``ig`` and ``hig`` (their Jacobian must be real). An inverse simulator must return the dtype of
-  its ``x0`` (else :class:`InverseSimulatorError`).
+  its ``x0`` (else :class:`~physgrad.errors.InverseSimulatorError`).
 * ``Problem(P, None)`` raises ``TypeError``; a list or array target becomes a tensor.
 * Dense matrices (Jacobian, Hessian, BFGS matrix) are checked against a memory budget before
   allocation (default 2 GiB including work space; environment variable
-  ``PHYSGRAD_MEMORY_BUDGET``, e.g. ``8G`` or ``inf``): above it :class:`MemoryBudgetError`
+  ``PHYSGRAD_MEMORY_BUDGET``, e.g. ``8G`` or ``inf``): above it :class:`~physgrad.errors.MemoryBudgetError`
   suggests ``lbfgs`` or ``ig`` with ``solver="lsqr"``. ``ig``'s default ``solver="auto"`` goes
   matrix-free above 4·10⁶ Jacobian entries.
 
 Safe defaults, pure on request: ``newton`` and ``hig`` backtrack (Armijo) from η, ``newton``
 modifies an indefinite Hessian to descend, ``bfgs``/``lbfgs`` use a strong-Wolfe search;
 ``line_search=None`` gives the book's pure fixed-step forms. Outcome fields and stopping
-criteria (``tol``, ``atol``, ``gtol``, ``xtol``): see :func:`optimize` and :class:`Result`.
+criteria (``tol``, ``atol``, ``gtol``, ``xtol``): see :func:`~physgrad.optimize.optimize` and :class:`~physgrad.optimize.Result`.
 """
 
 from . import batched, errors, inverse, linalg, matfree, problems, updates

@@ -102,9 +102,8 @@ class Result:
     converged
         A stopping criterion (``tol``, ``atol``, ``gtol``, ``xtol``) was met, or ``L = 0``.
     fun
-        The final loss ``L(x)`` as a float.
-    grad_norm
-        ``||∇L(x)||`` at the final iterate (computed on first access; not part of ``counts``).
+        The final loss ``L(x)`` as a float. (``grad_norm``, a property below, is ``||∇L(x)||``
+        at the final iterate.)
     method, step_size
         The method name and η of the run.
     options
@@ -291,6 +290,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         ``betas``/``eps`` (adam). An option the method does not know raises ``TypeError``
         before the first step.
 
+    Notes
+    -----
     Safe defaults, pure on request: ``newton`` and ``hig`` backtrack (Armijo) from η and
     ``newton`` modifies an indefinite Hessian so it always descends; ``bfgs`` and ``lbfgs``
     search a strong-Wolfe step. ``line_search=None`` gives the pure fixed-step textbook forms of

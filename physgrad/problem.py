@@ -186,17 +186,20 @@ class Problem:
         The choice is cached per shape, dtype and device. ``"autograd"``: plain reverse-mode
         autograd, one backward per output entry, no ``torch.func`` (for few outputs).
 
-    The forward must be differentiable torch code: ``.item()``, ``float(t)`` or Python ``if`` on
-    tensor values silently cut the derivative (wrong gradients, no error), and ``.numpy()``
-    fails under ``torch.func`` with "Cannot access data pointer of Tensor that doesn't have
-    storage". Dense Jacobians and Hessians are checked against a memory budget before they
-    are allocated (:func:`memory_budget`, environment variable ``PHYSGRAD_MEMORY_BUDGET``).
-    ``counts`` holds the cumulative calls over the Problem's life (all threads);
-    :attr:`physgrad.Result.counts` holds those of one run.
     batched:
         ``True`` declares ``B`` independent problems: x has shape ``(B, n)``, ``P(x)`` and the
         target ``(B, m)``, and row ``b`` of ``P(x)`` depends on row ``b`` of x only.
         :func:`physgrad.optimize` then solves all samples at once (:mod:`physgrad.batched`).
+
+    Notes
+    -----
+    The forward must be differentiable torch code: ``.item()``, ``float(t)`` or Python ``if`` on
+    tensor values silently cut the derivative (wrong gradients, no error), and ``.numpy()``
+    fails under ``torch.func`` with "Cannot access data pointer of Tensor that doesn't have
+    storage". Dense Jacobians and Hessians are checked against a memory budget before they
+    are allocated (``physgrad.problem.memory_budget()``, environment variable
+    ``PHYSGRAD_MEMORY_BUDGET``). ``counts`` holds the cumulative calls over the Problem's life
+    (all threads); :attr:`physgrad.optimize.Result.counts` holds those of one run.
     """
 
     forward: Callable[[Tensor], Tensor]

@@ -99,7 +99,7 @@ def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
     direction is always a descent direction: where the Hessian is indefinite or singular its
     eigenvalues are replaced by ``max(|λ_i|, √eps · max|λ|)`` (Nocedal & Wright §3.4), and a
     zero Hessian gives the gradient direction. Each such step is counted as
-    ``counts["hessian_modified"]`` and reported in :attr:`physgrad.Result.message`.
+    ``counts["hessian_modified"]`` and reported in :attr:`~physgrad.optimize.Result.message`.
     ``"wolfe"`` searches a strong-Wolfe step instead.
 
     ``line_search=None``: the pure textbook step ``η`` with the unmodified Hessian. A singular
