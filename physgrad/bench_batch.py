@@ -103,29 +103,14 @@ def _time_loop(single, X0, method, count, device):
 
 
 def machine_info(device=None) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("numpy", "threadpoolctl"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            pass
+    """:func:`physgrad.bench.machine_info` (CPU, cores, load, threads, BLAS pools, versions, git
+    commit), plus ``date`` and the physgrad version."""
     from . import __version__
+    from .bench import machine_info as _bench_machine_info
 
-    versions["physgrad"] = __version__
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "versions": versions,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    info = _bench_machine_info("cpu" if device is None else str(device))
+    info["date"] = info["date_utc"]
+    info["versions"]["physgrad"] = __version__
     return info
 
 

@@ -21,20 +21,11 @@ import json
 import os
 import platform
 
+from .. import bench as _bench  # the same CPU-model probe as the benchmark
+
 __all__ = ["machine_info", "write_results", "row", "NAMES"]
 
 NAMES = ("two-outputs", "oscillators", "coupling", "heat")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict:
@@ -43,7 +34,7 @@ def machine_info() -> dict:
     import torch
 
     info = {
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": _bench._cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
