@@ -607,18 +607,21 @@ def main(argv=None):
         return _main(args, ap)
 
 
+def parse_choices(ap, what: str, text: str, allowed) -> list:
+    """The comma-separated names in ``text``; ``ap.error`` (exit 2) on a name not in ``allowed``."""
+    names = [t for t in text.split(",") if t]
+    for t in names:
+        if t not in allowed:
+            ap.error(f"unknown {what} {t!r}; choose from {allowed}")
+    return names
+
+
 def _main(args, ap):
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda requested but torch.cuda.is_available() is False")
     budget = args.budget if args.budget is not None else (3.0 if args.quick else 30.0)
-    cases = [c for c in args.cases.split(",") if c]
-    methods = [m for m in args.methods.split(",") if m]
-    for c in cases:
-        if c not in CASES:
-            ap.error(f"unknown case {c!r}; choose from {CASES}")
-    for m in methods:
-        if m not in METHODS:
-            ap.error(f"unknown method {m!r}; choose from {METHODS}")
+    cases = parse_choices(ap, "case", args.cases, CASES)
+    methods = parse_choices(ap, "method", args.methods, METHODS)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     sizes = {}

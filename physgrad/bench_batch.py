@@ -195,14 +195,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda requested but torch.cuda.is_available() is False")
-    cases = [c for c in args.cases.split(",") if c]
-    methods = [m for m in args.methods.split(",") if m]
-    for c in cases:
-        if c not in CASES:
-            ap.error(f"unknown case {c!r}; choose from {CASES}")
-    for m in methods:
-        if m not in METHODS:
-            ap.error(f"unknown method {m!r}; choose from {METHODS}")
+    from .bench import parse_choices
+
+    cases = parse_choices(ap, "case", args.cases, CASES)
+    methods = parse_choices(ap, "method", args.methods, METHODS)
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     else:

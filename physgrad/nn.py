@@ -279,6 +279,24 @@ class DP(Step):
         return self.last_train_loss
 
 
+
+def _proxy_step(stepper, inputs, targets, condition, proxy_target) -> float:
+    """One ``stepper.optimizer`` step on the proxy loss ``1/B Σ_b ½||x_b − x̃_b||²`` with
+    ``x̃ = proxy_target(x, y)`` (ground truth for supervised training, the inverted targets for
+    SIP). Returns the batch's physics loss before the step."""
+    stepper.optimizer.zero_grad(set_to_none=True)
+    x = stepper.model(inputs)
+    with torch.no_grad():
+        y = _call(stepper.physics, x, condition)
+        lp = 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean().item()
+    xt = proxy_target(x, y)
+    L = 0.5 * (x - xt).pow(2).reshape(x.shape[0], -1).sum(1).mean()
+    L.backward()
+    stepper.optimizer.step()
+    stepper.last_train_loss = L.item()
+    return lp
+
+
 class _Supervised(Step):
     """Adam on the distance to ground-truth inputs (the x_true rows are passed as ``x_true``)."""
 
@@ -287,16 +305,7 @@ class _Supervised(Step):
         self.optimizer = optimizer
 
     def step(self, inputs, targets, condition=None, x_true=None):
-        self.optimizer.zero_grad(set_to_none=True)
-        x = self.model(inputs)
-        with torch.no_grad():
-            y = _call(self.physics, x, condition)
-            lp = 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean().item()
-        L = 0.5 * (x - x_true).pow(2).reshape(x.shape[0], -1).sum(1).mean()
-        L.backward()
-        self.optimizer.step()
-        self.last_train_loss = L.item()
-        return lp
+        return _proxy_step(self, inputs, targets, condition, lambda x, y: x_true)
 
 
 class SIP(Step):
@@ -319,17 +328,8 @@ class SIP(Step):
         self.inverse, self.optimizer, self.y_step = inverse, optimizer, y_step
 
     def step(self, inputs, targets, condition=None):
-        self.optimizer.zero_grad(set_to_none=True)
-        x = self.model(inputs)
-        with torch.no_grad():
-            y = _call(self.physics, x, condition)
-            lp = 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean().item()
-        xt = sip_targets(x.detach(), y, targets, self.inverse, self.y_step, condition)
-        L = 0.5 * (x - xt).pow(2).reshape(x.shape[0], -1).sum(1).mean()
-        L.backward()
-        self.optimizer.step()
-        self.last_train_loss = L.item()
-        return lp
+        return _proxy_step(self, inputs, targets, condition, lambda x, y: sip_targets(
+            x.detach(), y, targets, self.inverse, self.y_step, condition))
 
 
 class HIG(Step):

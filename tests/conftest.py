@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -141,3 +142,12 @@ def site() -> Site:
                     "browser checks of the built site")
     ensure_built()
     return Site(chromium)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks run faster on one thread and do not oversubscribe shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

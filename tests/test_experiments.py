@@ -12,12 +12,7 @@ from physgrad.experiments import heat, multimodality, oscillators, row, machine_
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_library_does_not_import_experiments():

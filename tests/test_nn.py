@@ -10,13 +10,7 @@ from physgrad.errors import MemoryBudgetError, MissingInverseError, NonFiniteErr
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The networks here are tiny: one thread is faster and avoids oversubscribing shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _phys(x):
