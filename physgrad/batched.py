@@ -523,7 +523,8 @@ def _pg(ops, x, eta, active, st):
             "(B, m) targets and (B, n) starts to (B, n), e.g. physgrad.inverse.numerical_inverse(P, batched=True)")
     y0 = ops.P(x)
     ops.count("forward")
-    y = y0 + eta * (ops.Y - y0)
+    # the same fused intermediate target as the single-problem pg_point (y* itself at η = 1)
+    y = torch.lerp(y0, ops.Y.to(y0), eta.to(y0) if torch.is_tensor(eta) else eta)
     prob._count("inverse")
     try:
         xi = prob.inverse(y.reshape(prob.target.shape), x.reshape(ops.x_shape))
@@ -536,8 +537,10 @@ def _pg(ops, x, eta, active, st):
                          f"{tuple(xi.shape) if torch.is_tensor(xi) else type(xi).__name__}")
     xi = xi.reshape(ops.B, -1).to(x.dtype)
     good = torch.isfinite(xi).all(-1)
-    dx = torch.where(good[:, None], xi - x, torch.zeros_like(x))
-    return dx, torch.where(active & ~good, _INVERSE, 0)
+    x_next = torch.where(good[:, None], xi, x)
+    # the new point itself goes back too, so the loop takes it as it is (as the single optimize
+    # does), not as x + (xi - x), which differs by round-off
+    return x_next - x, torch.where(active & ~good, _INVERSE, 0), x_next
 
 
 def _hig(ops, x, eta, active, st, kappa=0.5, truncation=1e-6, line_search="armijo"):
@@ -718,7 +721,7 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                 message = f"every sample stopped after {k} steps"
                 break
             try:
-                dx, fail = fn(ops, x, step_size, active, st, **kw)
+                dx, fail, *point = fn(ops, x, step_size, active, st, **kw)
             except PhysgradError as e:
                 e.args = (f"step {k + 1} of method {method!r} (batched): {e.args[0] if e.args else e}",) + e.args[1:]
                 e.result = _result(xs, losses, times, x, ops, method, step_size, options, problem, counts0,
@@ -728,7 +731,8 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
             fail = torch.where(active, fail, 0)
             status = torch.where(fail > 0, fail, status)
             active = active & (fail == 0)
-            x_new = torch.where(active[:, None], x + torch.where(active[:, None], dx, torch.zeros_like(dx)), x)
+            x_step = point[0] if point else x + torch.where(active[:, None], dx, torch.zeros_like(dx))
+            x_new = torch.where(active[:, None], x_step, x)
             L_new = ops.losses(x_new)
             bad = active & ~torch.isfinite(L_new)
             status = torch.where(bad, _NONFINITE, status)

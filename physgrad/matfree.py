@@ -188,17 +188,7 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
     if bnorm == 0:
         return torch.zeros_like(x), info
     if jvp_mode == "rev":
-        prob._count("forward")
-        _, pull = torch.func.vjp(prob.forward, x)
-        _, pull2 = torch.func.vjp(lambda u: pull(u)[0], torch.zeros_like(rhs))
-
-        def jv(v):
-            prob._count("jvp")
-            return pull2(v)[0]
-
-        def vj(u):
-            prob._count("vjp")
-            return pull(u)[0]
+        jv, vj = _linearized_products(prob, x, rhs)
     else:
         def jv(v):
             return prob.jvp(x, v)
@@ -223,6 +213,48 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
     info.update(iterations=it, residual_norm=rnorm, converged=conv, jvp=counts["jvp"], vjp=counts["vjp"],
                 stop=stop)
     return d, info
+
+
+def _linearized_products(prob: Problem, x: Tensor, rhs: Tensor):
+    """``v ↦ J v`` and ``u ↦ Jᵀ u`` at ``x`` from one recorded forward (plain autograd, whose
+    engine costs less per call than a :func:`torch.func.vjp` pullback): ``Jᵀ u`` is a backward
+    through the recorded graph, ``J v`` the backward of the linear map ``u ↦ Jᵀ u`` (double-vjp),
+    recorded once with ``create_graph``. Where ``P`` does not depend on ``x`` (or on a part of it)
+    the products are zeros, as with :mod:`torch.func`."""
+    prob._count("forward")
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        y = prob.forward(xr)
+        if not y.requires_grad:  # P(x) does not depend on x at all: J = 0
+            zx, zy = torch.zeros_like(x), torch.zeros_like(rhs)
+
+            def jv0(v):
+                prob._count("jvp")
+                return zy
+
+            def vj0(u):
+                prob._count("vjp")
+                return zx
+            return jv0, vj0
+        u0 = torch.zeros_like(y, requires_grad=True)
+        (g,) = torch.autograd.grad(y, xr, u0, create_graph=True, allow_unused=True)
+    if g is None:
+        g = torch.zeros_like(x)
+    linear_g = g.requires_grad  # False: J^T u does not depend on u, i.e. J = 0 on the used part
+
+    def jv(v):
+        prob._count("jvp")
+        if not linear_g:
+            return torch.zeros_like(rhs)
+        (w,) = torch.autograd.grad(g, u0, v.reshape(g.shape), retain_graph=True, allow_unused=True)
+        return torch.zeros_like(rhs) if w is None else w.reshape(rhs.shape)
+
+    def vj(u):
+        prob._count("vjp")
+        (w,) = torch.autograd.grad(y, xr, u.reshape(y.shape), retain_graph=True, allow_unused=True)
+        return torch.zeros_like(x) if w is None else w
+
+    return jv, vj
 
 
 def _lsqr(A, At, b, x, damp, maxiter, thr, ntol, bnorm):

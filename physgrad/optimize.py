@@ -379,15 +379,15 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
             for k in range(steps):
                 phase = "step"
                 try:
-                    if reuse_y:
-                        dx = fn(problem, x, step_size, y0=y, check=False, **kw)
+                    if reuse_y:  # x_{k+1} straight from the inverse: Δx is formed only when needed
+                        x_new, dx = U.pg_point(problem, x, step_size, y0=y, check=False), None
                     else:
                         dx = fn(problem, x, step_size, **kw)
+                        x_new = x + dx
                 except PhysgradError as e:
                     # say where it happened, and keep the trajectory so far (e.result) for inspection
                     e.args = (f"step {k + 1} of method {method!r}: {e.args[0] if e.args else e}",) + e.args[1:]
                     raise
-                x_new = x + dx
                 if gtol is None:
                     y_new = problem.simulate(x_new)
                     L_new = problem.loss_of_output(y_new).detach()
@@ -395,18 +395,21 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                     L_new, g_new = problem.value_and_grad(x_new)
                     y_new = None
                 # the one host sync of a step: the loss, with a cheap finiteness probe of the update
-                # (0 * sum(dx) is 0 unless dx holds a NaN/Inf, which makes it NaN)
-                probe = dx.sum()
+                # (0 * sum(v) is 0 unless v holds a NaN/Inf, which makes it NaN)
+                probe = (x_new if dx is None else dx).sum()
                 if probe.is_complex():
                     probe = probe.real + probe.imag
                 L_prev, Lf = Lf, float(L_new + 0 * probe.to(L_new.dtype))
+                if not math.isfinite(Lf) and _finite_after_all(L_new, x_new):
+                    Lf = float(L_new)  # the probe's sum overflowed on large but finite values
                 if not math.isfinite(Lf):
+                    dx = x_new - x if dx is None else dx
                     msg = _nonfinite_message(k, method, step_size, dx, L_new)
                     if on_nonfinite == "raise":
                         raise NonFiniteError(msg)
                     status, message, Lf = -1, msg, L_prev
                     break
-                x, L, y = x_new, L_new, y_new
+                x_prev, x, L, y = x, x_new, L_new, y_new
                 if keep_xs:
                     xs.append(x.clone())
                 losses.append(L)
@@ -422,6 +425,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                 if gtol is not None and float(torch.linalg.vector_norm(g_new)) <= gtol:
                     status, message = 0, f"reached ||grad L|| <= gtol = {gtol:g} after {k + 1} steps"
                     break
+                if dx is None and (xtol is not None or Lf == L_prev):
+                    dx = x - x_prev
                 if xtol is not None and float(torch.linalg.vector_norm(dx)) <= xtol * (
                         xtol + float(torch.linalg.vector_norm(x))):
                     status, message = 0, f"reached ||dx|| <= xtol (xtol + ||x||), xtol = {xtol:g}, after {k + 1} steps"
@@ -488,6 +493,11 @@ def _known_options(fn, method):
     return frozenset(known - {"state", "y0", "check"})
 
 
+def _finite_after_all(L_new, x_new) -> bool:
+    """The exact check behind a non-finite probe (rare path): is everything finite after all?"""
+    return math.isfinite(float(L_new)) and bool(torch.isfinite(x_new).all())
+
+
 def _nonfinite_message(k, method, step_size, dx, L_new):
     if method == "pg" and not bool(torch.isfinite(dx).all()):
         return f"step {k + 1}: {INVERSE_NONFINITE}"
@@ -522,7 +532,7 @@ class _Run:
     def result(self, x, message, status) -> Result:
         xs = list(self.xs)
         if not self.keep_xs and len(self.losses) > 1:
-            xs.append(x.clone())
+            xs.append(x)  # (torch.stack below copies)
         losses = torch.stack(self.losses)
         return Result(
             x=x, xs=torch.stack(xs), losses=losses,

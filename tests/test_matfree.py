@@ -186,3 +186,17 @@ def test_ig_with_forcing_on_burgers_uses_fewer_products_than_fixed_tol():
     for r in (fixed, ew):
         assert (r.losses[-1] / r.losses[0]).item() <= 1e-6
     assert ew.counts["jvp"] < fixed.counts["jvp"]
+
+
+@pytest.mark.parametrize("method", ["lsqr", "cg"])
+def test_products_where_p_ignores_part_of_x_or_all_of_it(method):
+    # P uses only x[:3]: the other columns of J are zero, and the minimum-norm solution leaves
+    # them at zero; a P that ignores x altogether gives J = 0 and d = 0 (no autograd error)
+    A, b = _random(3, 3, seed=5, cond=10)
+    part = physgrad.Problem(lambda x: A @ x[:3], torch.zeros(3, dtype=torch.float64))
+    d, info = matfree.solve_ls(part, torch.zeros(6, dtype=torch.float64), b, method=method, tol=1e-13)
+    assert torch.allclose(d[:3], torch.linalg.solve(A, b), atol=1e-9) and d[3:].abs().max() == 0
+    const = physgrad.Problem(lambda x: torch.ones(3, dtype=x.dtype), torch.zeros(3, dtype=torch.float64))
+    d0, info0 = matfree.solve_ls(const, torch.zeros(6, dtype=torch.float64), b, method=method)
+    assert d0.abs().max() == 0 and d0.shape == (6,)
+
