@@ -15,7 +15,8 @@ from physgrad.problems import heat, toy
 
 D = torch.float64
 B = 5
-TOL = 1e-12
+#: batched vs single trajectories: round-off amplified over a few steps, on any machine (see _assert_same)
+TOL, RTOL = 1e-8, 1e-7
 
 
 def _toy_batch():
@@ -67,16 +68,29 @@ CASES = [
 
 
 def _assert_same(rb: BatchResult, singles, steps):
+    """Each sample's trajectory is the single run's, to round-off. The batched and the single runs
+    solve their small systems through different LAPACK/BLAS paths, so iterates agree to about 1e-12
+    on this machine but only to 1e-8 elsewhere (seen on an Intel machine with torch 2.11): the
+    tolerance is that of round-off amplified by a few Newton-type steps, far below any step. A run
+    that ends because it stalled at working precision (L = 0 or round-off) may end one step earlier
+    or later; the comparison then stops at the shorter run."""
     assert rb.xs.shape[1] == B and rb.losses.shape[1] == B
     for b, rs in enumerate(singles):
-        k = rs.xs.shape[0]
+        k, nb = rs.xs.shape[0], int(rb.nits[b])
         assert k <= rb.xs.shape[0]
-        torch.testing.assert_close(rb.xs[:k, b], rs.xs, rtol=0, atol=TOL)
-        torch.testing.assert_close(rb.losses[:k, b], rs.losses, rtol=0, atol=TOL)
+        L0 = float(rs.losses[0])
+        at_precision = float(rs.losses[-1]) <= 1e-20 * L0 and "working precision" in rs.message
+        if at_precision:
+            assert abs(nb - rs.nit) <= 1, (nb, rs.nit)
+            k = min(k, nb + 1)
+        else:
+            assert nb == rs.nit
+        torch.testing.assert_close(rb.xs[:k, b], rs.xs[:k], rtol=RTOL, atol=TOL)
+        torch.testing.assert_close(rb.losses[:k, b], rs.losses[:k], rtol=RTOL, atol=TOL * max(L0, 1.0))
         # a sample that stopped early (LM stalled / tol) stays frozen at its last iterate
-        assert torch.equal(rb.xs[k - 1:, b], rs.x.expand(rb.xs.shape[0] - k + 1, *rs.x.shape).to(rb.xs)) or \
-            float((rb.xs[k - 1:, b] - rs.x).abs().max()) <= TOL
-        assert int(rb.nits[b]) == rs.nit
+        last = rb.xs[nb, b]
+        assert bool((rb.xs[nb:, b] == last).all())
+        torch.testing.assert_close(last, rs.xs[min(nb, rs.nit)], rtol=RTOL, atol=TOL)
 
 
 @pytest.mark.parametrize("method,kw", CASES, ids=[f"{m}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"

@@ -259,8 +259,10 @@ def test_cuda_matfree_ig_batched_pg_and_bench_follow_the_device():
     from physgrad.problems.heat import heat_2d
 
     cpu, gpu = heat_2d(n=32, nu_T=8.0), heat_2d(n=32, nu_T=8.0, device="cuda")
-    kw = dict(steps=3, solver="cg", solver_tol=Forcing(1e-3, first=0.0), tol=1e-6)
-    rc, rg = physgrad.optimize(cpu, cpu.x0, "ig", **kw), physgrad.optimize(gpu, gpu.x0, "ig", **kw)
+    def ig(p):  # a Forcing object serves one run: a fresh one for each
+        return physgrad.optimize(p, p.x0, "ig", steps=3, solver="cg", solver_tol=Forcing(1e-3, first=0.0), tol=1e-6)
+
+    rc, rg = ig(cpu), ig(gpu)
     assert rg.x.device.type == "cuda" and rg.nit == rc.nit == 1
     torch.testing.assert_close(rg.x.cpu(), rc.x, rtol=0, atol=1e-8)
     pc, pg = physgrad.optimize(cpu, cpu.x0, "pg", steps=4, step_size=0.5), \
