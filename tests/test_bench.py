@@ -19,7 +19,9 @@ def test_main_toy_writes_ratio_lines_and_machine_info(tmp_path, capsys):
     assert "| toy | pg |" in text
     num = r"[0-9.e+-]+"
     assert re.search(rf"RATIO toy pg_vs_scipy_lbfgsb={num} \[{num}–{num}\] pg_vs_torch_lbfgs={num} \[", text)
-    assert re.search(rf"LIMIT toy pg_step_vs_limit={num} \[{num}–{num}\]", text)
+    assert re.search(rf"LIMIT toy pg_step_vs_limit={num} \[{num}–{num}\] pg_call_vs_limit={num} \[{num}–{num}\] "
+                     rf"\(PG step {num} ms in a {bench.PG_STEPS}-step run; one-step call {num} ms \(floor: 2 "
+                     rf"forwards \+ 1 inverse = {num} x limit\); forward \+ inverse {num} ms\)", text)
     data = json.loads(out.read_text())
     m = data["machine"]
     for key in ("cpu", "cores", "load_avg_1_5_15", "torch_threads", "versions", "date_utc", "blas_pools"):
@@ -34,6 +36,22 @@ def test_main_toy_writes_ratio_lines_and_machine_info(tmp_path, capsys):
     assert st["n"] == 3 and st["min"] <= st["median"] <= st["max"]
     pg = next(r for r in rows if r["method"] == "pg")
     assert pg["iterations"] == 1 and pg["counts"]["inverse"] == 1
+    # a sub-millisecond run is timed as the mean of back-to-back calls (timeit style); the counts
+    # are those of one run
+    assert 1 < pg["calls_per_timing"] <= bench.MAX_CALLS
+    lim = data["cases"]["toy"]
+    assert lim["pg_step_vs_limit"]["n"] == lim["pg_call_vs_limit"]["n"] == 3
+    assert lim["forward_plus_limit_s"] > lim["limit_s"] > 0
+
+
+def test_pg_step_time_is_per_step_and_nan_without_an_inverse():
+    from physgrad.problems.heat import heat_1d
+
+    p = heat_1d(n=64)
+    assert bench.pg_step_time(p, p.x0, steps=4, reps=2) > 0
+    q = heat_1d(n=64)
+    q.inverse = None
+    assert bench.pg_step_time(q, q.x0) != bench.pg_step_time(q, q.x0)  # NaN
 
 
 def test_blas_pools_are_pinned_inside_the_bench():
