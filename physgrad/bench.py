@@ -34,8 +34,8 @@ Fairness and statistics:
 * The row of a method is its median run; a ``RATIO`` is ``t(peer)/t(method)`` per round and is
   printed as the median with ``[min–max]`` over the rounds.
 * A run shorter than ``MIN_TIMED_S`` (20 ms) is timed as the mean of enough back-to-back calls to
-  fill 20 ms (at most 200), as :mod:`timeit` does; the number is fixed per method and case after the
-  warm-up and recorded as ``calls_per_timing``. Every method gets the same rule; in practice it
+  fill 20 ms (at most 200), as ``timeit`` does; the number is fixed per method and case by its first
+  timed run and recorded as ``calls_per_timing``. Every method gets the same rule; in practice it
   applies to PG (and, on the small cases, to the peers that finish in under 20 ms).
 * ``pg_step_vs_limit`` = (PG wall time per step inside :func:`physgrad.optimize`, read from the
   loop's own clock in a ``PG_STEPS``-step run with η = 1/2) / (one forward plus one inverse
@@ -88,7 +88,7 @@ REPEATS = 5
 #: runs longer than this (seconds) are not repeated
 LONG_RUN = 20.0
 #: a run shorter than this (seconds) is timed as the mean of enough back-to-back calls to fill it,
-#: as :mod:`timeit` does (at most ``MAX_CALLS``): a sub-millisecond run timed once measures mostly
+#: as ``timeit`` does (at most ``MAX_CALLS``): a sub-millisecond run timed once measures mostly
 #: the cache misses left by the method before it
 MIN_TIMED_S = 0.02
 MAX_CALLS = 200
