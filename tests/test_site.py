@@ -552,3 +552,32 @@ def test_code_of_88_columns_fits_the_column(site):
         assert wrap and set(wrap) == {"pre-wrap"}, set(wrap)
     finally:
         page.close()
+
+
+def test_phone_tables_scroll_inside_their_box(site):
+    """On a phone (390 px) the wide tables of notebook output (chapter 7's benchmark, scaling
+    and GPU tables, chapter 8's measured-vs-published table) scroll sideways inside their own box:
+    the page itself never becomes wider than the screen, and a number keeps its unit on its line."""
+    page = DevToolsPage(site.chromium, size=(390, 844))
+    try:
+        page.emulate_phone()
+        for url in ("chapters/07-pde.html", "chapters/08-networks.html"):
+            page.goto(site.url(url))
+            page.settle()
+            assert page.js("innerWidth") == 390
+            tables = page.js("""[...document.querySelectorAll('div.output.text_html > table')].map(t => ({
+                scroll: t.scrollWidth, box: t.clientWidth, right: t.getBoundingClientRect().right,
+                overflow: getComputedStyle(t).overflowX}))""")
+            assert tables, url
+            assert all(t["right"] <= 391 and t["overflow"] == "auto" for t in tables), (url, tables)
+            assert page.js("document.documentElement.scrollWidth") <= 391, url
+            if url.startswith("chapters/07"):
+                assert any(t["scroll"] > t["box"] for t in tables)  # the wide ones do scroll
+                units = page.js("""[...document.querySelectorAll('table.numbers td')]
+                    .filter(td => / ms$/.test(td.textContent))
+                    .map(td => td.getBoundingClientRect().height)""")
+                assert units and max(units) < 1.6 * min(units), units  # one line each
+                page.js("document.getElementById('on-a-gpu').scrollIntoView()")
+                page.screenshot("after-phone-ch7-gpu-table", beyond_viewport=False)
+    finally:
+        page.close()
