@@ -44,6 +44,7 @@ from torch.func import jacfwd, jacrev
 
 from .errors import InverseSimulatorError, NonFiniteError, PhysgradError, ShapeError
 from .linalg import default_rcond
+from .updates import wolfe_search
 
 __all__ = ["optimize", "BatchResult", "numerical_inverse", "batch_jacobian", "STATUS", "METHODS"]
 
@@ -249,40 +250,6 @@ def _armijo(ops: _Batch, x, L0, g, p, t0: float, active, c1=1e-4, shrink=0.5, ma
     return t.to(x.dtype)
 
 
-def _wolfe_search(phi0: float, dphi0: float, t0: float, c1=1e-4, c2=0.9, max_iter=30):
-    """``physgrad.updates._wolfe`` as a generator: it yields the trial step ``t`` and
-    receives ``(L(x + t p), ∇L(x + t p)·p)``; its return value is the accepted ``t``. The driver
-    :func:`_wolfe` runs one generator per sample and evaluates all trials in one batched call."""
-    if dphi0 >= 0:
-        return 0.0
-
-    def zoom(lo, hi, f_lo, d_lo, f_hi):
-        for _ in range(max_iter):
-            t = 0.5 * (lo + hi)
-            f, d = yield t
-            if not (f == f) or f > phi0 + c1 * t * dphi0 or f >= f_lo:
-                hi, f_hi = t, f
-            else:
-                if abs(d) <= -c2 * dphi0:
-                    return t
-                if d * (hi - lo) >= 0:
-                    hi, f_hi = lo, f_lo
-                lo, f_lo, d_lo = t, f, d
-        return lo
-
-    t_prev, f_prev, d_prev, t = 0.0, phi0, dphi0, t0
-    for i in range(max_iter):
-        f, d = yield t
-        if not (f == f and abs(f) != float("inf")) or f > phi0 + c1 * t * dphi0 or (i > 0 and f >= f_prev):
-            return (yield from zoom(t_prev, t, f_prev, d_prev, f))
-        if abs(d) <= -c2 * dphi0:
-            return t
-        if d >= 0:
-            return (yield from zoom(t, t_prev, f, d, f_prev))
-        t_prev, f_prev, d_prev, t = t, f, d, 2.0 * t
-    return t_prev
-
-
 def _wolfe(ops: _Batch, x, L0, g, p, t0: float, active) -> Tensor:
     """Per-sample strong-Wolfe line search; every round evaluates all pending trials at once."""
     phi0 = L0.tolist()
@@ -290,7 +257,7 @@ def _wolfe(ops: _Batch, x, L0, g, p, t0: float, active) -> Tensor:
     t_out = [0.0] * ops.B
     gens, req = {}, {}
     for b in torch.nonzero(active).flatten().tolist():
-        gen = _wolfe_search(phi0[b], dphi0[b], t0)
+        gen = wolfe_search(phi0[b], dphi0[b], t0)
         try:
             req[b] = gen.send(None)
             gens[b] = gen

@@ -439,22 +439,25 @@ def _flat_params(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def _split_flat(model, v: Tensor):
+    """``(parameter, matching slice of the flat vector v, reshaped)`` for each parameter."""
+    i = 0
+    for p in model.parameters():
+        k = p.numel()
+        yield p, v[i:i + k].reshape(p.shape)
+        i += k
+
+
 def _add_flat(model, d: Tensor):
     with torch.no_grad():
-        i = 0
-        for p in model.parameters():
-            k = p.numel()
-            p.add_(d[i:i + k].reshape(p.shape))
-            i += k
+        for p, dp in _split_flat(model, d):
+            p.add_(dp)
 
 
 def _set_flat(model, theta: Tensor):
     with torch.no_grad():
-        i = 0
-        for p in model.parameters():
-            k = p.numel()
-            p.copy_(theta[i:i + k].reshape(p.shape))
-            i += k
+        for p, tp in _split_flat(model, theta):
+            p.copy_(tp)
 
 
 DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-3, "supervised": 1e-3, "sip": 1e-3, "gn": 1.0, "hig": 1.0}

@@ -160,23 +160,20 @@ def _armijo(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: floa
     return 0.0  # no decrease along p at any tried length: take no step (the caller sees a stall)
 
 
-def _wolfe(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
-           c1: float = 1e-4, c2: float = 0.9, max_iter: int = 30) -> float:
-    """Line search for the strong Wolfe conditions (Nocedal & Wright, Alg. 3.5 with the
-    bisection-safeguarded cubic ``zoom`` of Alg. 3.6). Guarantees ``s^T y > 0`` for the BFGS
-    pair, which Armijo backtracking alone does not."""
-    phi0, dphi0 = float(L0), float((g * p).sum())
+def wolfe_search(phi0: float, dphi0: float, t0: float, c1: float = 1e-4, c2: float = 0.9,
+                 max_iter: int = 30):
+    """The strong-Wolfe line search (Nocedal & Wright, Alg. 3.5 with the bisection-safeguarded
+    ``zoom`` of Alg. 3.6) as a generator: it yields a trial step ``t`` and receives
+    ``(L(x + t p), ∇L(x + t p)·p)``; its return value is the accepted ``t`` (0 when ``p`` does not
+    descend). :func:`_wolfe` drives it with one problem; :mod:`physgrad.batched` drives one per
+    sample and evaluates all pending trials in one batched call."""
     if dphi0 >= 0:  # not a descent direction (e.g. already at a stationary point): no step
         return 0.0
-
-    def phi(t):
-        Lt, gt = prob.value_and_grad(x + t * p)
-        return float(Lt), float((gt * p).sum())
 
     def zoom(lo, hi, f_lo, d_lo, f_hi):
         for _ in range(max_iter):
             t = 0.5 * (lo + hi)
-            f, d = phi(t)
+            f, d = yield t
             if not (f == f) or f > phi0 + c1 * t * dphi0 or f >= f_lo:
                 hi, f_hi = t, f
             else:
@@ -189,15 +186,29 @@ def _wolfe(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float
 
     t_prev, f_prev, d_prev, t = 0.0, phi0, dphi0, t0
     for i in range(max_iter):
-        f, d = phi(t)
+        f, d = yield t
         if not (f == f and abs(f) != float("inf")) or f > phi0 + c1 * t * dphi0 or (i > 0 and f >= f_prev):
-            return zoom(t_prev, t, f_prev, d_prev, f)
+            return (yield from zoom(t_prev, t, f_prev, d_prev, f))
         if abs(d) <= -c2 * dphi0:
             return t
         if d >= 0:
-            return zoom(t, t_prev, f, d, f_prev)
+            return (yield from zoom(t, t_prev, f, d, f_prev))
         t_prev, f_prev, d_prev, t = t, f, d, 2.0 * t
     return t_prev
+
+
+def _wolfe(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
+           c1: float = 1e-4, c2: float = 0.9, max_iter: int = 30) -> float:
+    """Line search for the strong Wolfe conditions (:func:`wolfe_search` on one problem).
+    Guarantees ``s^T y > 0`` for the BFGS pair, which Armijo backtracking alone does not."""
+    search = wolfe_search(float(L0), float((g * p).sum()), t0, c1, c2, max_iter)
+    try:
+        t = search.send(None)
+        while True:
+            Lt, gt = prob.value_and_grad(x + t * p)
+            t = search.send((float(Lt), float((gt * p).sum())))
+    except StopIteration as stop:
+        return stop.value
 
 
 def _line_search(kind, prob, x, L, g, p, t0):
