@@ -113,3 +113,9 @@ def test_summary_html_table():
     h = summary.html("| a | b |\n|---|---|\n| `x<1` | **missed** |")
     assert "<th>a</th><th>b</th>" in h
     assert "<td><code>x&lt;1</code></td><td><strong>missed</strong></td>" in h
+
+
+def test_summary_html_note_and_class():
+    h = summary.html("| a |\n|---|\n| 1 ms |\n\nAMD EPYC, 2 cores.", css="numbers")
+    assert h.startswith('<table class="numbers">') and h.endswith("<p>AMD EPYC, 2 cores.</p>")
+    assert "<td>1 ms</td>" in h

@@ -319,22 +319,27 @@ def markdown(rows, columns=None) -> str:
     return "\n".join(out)
 
 
-def html(markdown_table: str) -> str:
-    """A Markdown pipe table as an HTML table (for glue across pages, which renders HTML)."""
+def html(markdown_table: str, css: str = "table") -> str:
+    """A Markdown pipe table as an HTML table (for glue across pages, which renders HTML).
+    Lines that do not start with ``|`` (a note under the table) become paragraphs after it;
+    ``css`` is the table's class."""
     import html as _html
 
-    lines = [ln for ln in markdown_table.strip().splitlines() if ln.strip()]
-    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
-    head, body = cells[0], [c for c in cells[2:]]
+    lines = [ln.strip() for ln in markdown_table.strip().splitlines() if ln.strip()]
+    rows = [ln for ln in lines if ln.startswith("|")]
+    notes = [ln for ln in lines if not ln.startswith("|")]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows]
+    head, body = cells[0], cells[2:]
 
     def fmt_cell(text):
         text = _html.escape(text)
         text = re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", text)
         return re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
 
-    out = ['<table class="table">', "<thead><tr>" + "".join(f"<th>{fmt_cell(h)}</th>" for h in head)
+    out = [f'<table class="{css}">', "<thead><tr>" + "".join(f"<th>{fmt_cell(h)}</th>" for h in head)
            + "</tr></thead>", "<tbody>"]
     for row in body:
         out.append("<tr>" + "".join(f"<td>{fmt_cell(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
+    out += [f"<p>{fmt_cell(t)}</p>" for t in notes]
     return "\n".join(out)
