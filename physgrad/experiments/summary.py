@@ -193,7 +193,7 @@ def goals(rows) -> list:
     out = []
     for g in GOALS:
         base = dict(key=g["key"], title=g["title"], quantity=g["quantity"], setting="",
-                    measured="no rows yet", ratio=None, verdict="not run", reason="", source="",
+                    measured="not measured yet: no result rows", ratio=None, verdict="not run", reason="", source="",
                     goal=f"≥ {g['threshold']:g}")
         if g["key"] == "coupling":
             found = _coupling_goal(rows, g)
@@ -234,8 +234,10 @@ def goals(rows) -> list:
                         "source": _sources(best, den, *nums)})
         if len(out) == n_before:  # no setting with both sides of the ratio
             found = ", ".join(settings) if settings else "none"
-            out.append({**base, "measured": f"no {g['metric']} rows of {_name(g['den'])} and "
-                        f"{'/'.join(map(_name, g['num']))} (settings found: {found})"})
+            out.append({**base, "measured": f"not measured yet: no {g['metric']} rows of "
+                        f"{'/'.join(map(_name, g['num']))} and {_name(g['den'])} in a setting with "
+                        f"{' and '.join(repr(t) for t in g['need']) or 'any name'} "
+                        f"(settings found: {found})"})
     return out
 
 
