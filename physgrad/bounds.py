@@ -27,8 +27,8 @@ ig, LM and newton are invariant to a diagonal scaling anyway. For entries with b
 width ``u − ℓ`` sets the scale and ``s`` is not used.
 
 ``pg``'s inverse is composed with the map: ``z_new = T^{-1}(P^{-1}(y; T(z)))``, where ``T^{-1}``
-first moves an ``x`` on or beyond a bound into the open domain (a relative margin of
-``√eps``), as is ``x0`` when it lies on a bound. ``tol`` and ``atol`` act on the loss as
+first moves an ``x`` on or beyond a bound just inside (by ``√eps·|bound|``, or by a tiny
+number for a bound at 0), as it does with an ``x0`` on a bound. ``tol`` and ``atol`` act on the loss as
 always; ``gtol`` and ``xtol`` measure the gradient and the step in ``z``. ``Result.x`` and
 ``Result.xs`` are in ``x``, and so is ``Result.grad_norm`` (at a solution on a bound it is not
 zero).
@@ -97,15 +97,17 @@ class BoxMap:
         """``z = T^{-1}(x)``, after moving ``x`` into the open domain by a relative margin ``√eps``."""
         lo, hi, w, s = self._like(x)
         x = x.detach()
-        eps = torch.finfo(x.dtype).eps ** 0.5
-        # one-sided: t = (x - lo)/s (or (hi - x)/s) at least a small margin; softplus^{-1}(t) = t + log(-expm1(-t))
-        t_lo = ((x - lo) / s).clamp_min(eps * torch.maximum(torch.ones_like(lo), lo.abs() / s))
-        t_hi = ((hi - x) / s).clamp_min(eps * torch.maximum(torch.ones_like(hi), hi.abs() / s))
+        fi = torch.finfo(x.dtype)
+        rel, small = fi.eps ** 0.5, fi.tiny ** 0.5
+        # one-sided: t = (x - lo)/s (or (hi - x)/s) at least a margin of sqrt(eps)*|bound| (or a tiny
+        # number for a zero bound); softplus^{-1}(t) = t + log(-expm1(-t))
+        t_lo = torch.maximum((x - lo) / s, (rel * lo.abs() / s).clamp_min(small))
+        t_hi = torch.maximum((hi - x) / s, (rel * hi.abs() / s).clamp_min(small))
 
         def spinv(t):
             return t + torch.log(-torch.expm1(-t))
 
-        p = ((x - lo) / w).clamp(eps, 1 - eps)
+        p = ((x - lo) / w).clamp(small, 1 - fi.eps)
         return torch.where(self.both, torch.log(p) - torch.log1p(-p),
                            torch.where(self.lower, spinv(t_lo), torch.where(self.upper, spinv(t_hi), x / s)))
 

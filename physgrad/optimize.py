@@ -312,8 +312,10 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     receives a copy of x.
     """
     if bounds is not None or x_scale is not None:  # physgrad.bounds: solve in z with x = T(z), map back
+        args = dict(locals())
+        args.update(args.pop("options"))
         from .bounds import optimize_transformed
-        return optimize_transformed(optimize, **{k: v for k, v in locals().items() if k != "options"}, **options)
+        return optimize_transformed(optimize, **args)
     if getattr(problem, "batched", False):  # B independent samples: physgrad.batched
         from . import batched
         unsupported = [k for k, v in (("atol", atol), ("gtol", gtol), ("xtol", xtol), ("state", state))
