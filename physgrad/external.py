@@ -48,7 +48,7 @@ class _VJP(torch.autograd.Function):
 
 
 class _Forward(torch.autograd.Function):
-    """``y = P(x)`` with the user's ``vjp`` as backward and ``jvp`` as forward-mode rule."""
+    """``y = P(x)`` with the user's ``vjp`` as backward (forward mode: use :meth:`Simulator.jvp`)."""
 
     @staticmethod
     def forward(x, sim):
@@ -58,7 +58,6 @@ class _Forward(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.sim = inputs[1]
         ctx.save_for_backward(inputs[0])
-        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx, u):
@@ -66,10 +65,6 @@ class _Forward(torch.autograd.Function):
         # detached x: second derivatives in x are not available from first derivatives
         return _VJP.apply(x.detach(), u, ctx.sim), None
 
-    @staticmethod
-    def jvp(ctx, v, _):
-        (x,) = ctx.saved_tensors
-        return ctx.sim.jvp(x.detach(), v)
 
 
 class Simulator:
