@@ -527,9 +527,9 @@ class Problem:
         * **User-supplied derivatives** must cover the method: gd, adam, bfgs and lbfgs need
           ``vjp`` (or ``jacobian``), matrix-free ig needs ``vjp`` and ``jvp`` (or
           ``jacobian``), newton is refused (no second derivatives).
-        * ``check_derivatives=True``: ``J v`` for a random ``v`` (from autograd, the user's
-          ``jvp``/``jacobian``, or ``vjp`` through the dot-product test ``uᵀ(J v) = (Jᵀu)ᵀv``)
-          against a central finite difference of ``P``; with both ``vjp`` and ``jvp`` also the
+        * ``check_derivatives=True``: ``J v`` for a random ``v`` (the user's ``jvp``/``jacobian``;
+          for autograd or a user ``vjp`` through the dot-product test ``uᵀ(J v) = (Jᵀu)ᵀv`` with
+          a random ``u``) against a central finite difference of ``P``; with both ``vjp`` and ``jvp`` also the
           adjoint test ``uᵀ(J v) = (Jᵀu)ᵀv``. A relative mismatch above ``1e-5`` (float64)
           or ``3e-2`` (float32) raises :class:`~physgrad.errors.DerivativeCheckError`.
 
@@ -796,12 +796,12 @@ def _derivative_check(prob: "Problem", x0: Tensor) -> None:
     tol = _fd_tolerance(x0)
     with count_calls(isolated=True):
         y0 = prob.forward(x0).detach()
-        if sim is None or sim.has("jvp") or sim.has("jacobian"):
+        if sim is not None and (sim.has("jvp") or sim.has("jacobian")):
             err = _fd_error(prob.forward, x0, None, lambda v: prob.jvp(x0, v), y0)
-            what = "J v (" + ("autograd" if sim is None else "jvp=" if sim.has("jvp") else "jacobian=") + ")"
-        else:
+            what = "J v (" + ("jvp=" if sim.has("jvp") else "jacobian=") + ")"
+        else:  # reverse mode, as gd/lbfgs use it (autograd's backward, or the user's vjp)
             err = _fd_error(prob.forward, x0, lambda u: prob.vjp(x0, u), None, y0)
-            what = "u^T J v from vjp="
+            what = "u^T J v from " + ("autograd's backward" if sim is None else "vjp=")
         if err > tol:
             raise DerivativeCheckError(f"check_derivatives: {what} differs from a central finite difference of P "
                                        f"along a random direction by {err:.2g} (relative; tolerance {tol:g}).")
