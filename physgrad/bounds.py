@@ -107,7 +107,9 @@ class BoxMap:
         def spinv(t):
             return t + torch.log(-torch.expm1(-t))
 
-        p = ((x - lo) / w).clamp(small, 1 - fi.eps)
+        p_lo = (rel * lo.abs() / w).clamp_min(small)
+        p_hi = 1 - (rel * hi.abs() / w).clamp_min(fi.eps)
+        p = torch.minimum(torch.maximum((x - lo) / w, p_lo), p_hi)
         return torch.where(self.both, torch.log(p) - torch.log1p(-p),
                            torch.where(self.lower, spinv(t_lo), torch.where(self.upper, spinv(t_hi), x / s)))
 
@@ -134,11 +136,12 @@ def _box_for(problem, x0: Tensor, bounds, x_scale) -> BoxMap:
         s = torch.where(cn > 0, 1 / cn, torch.ones_like(cn))
     else:
         s = _as_bound(x_scale, x0, 1.0, "x_scale")
+    box = BoxMap(lo, hi, s)
     bad = (x0 < lo) | (x0 > hi)
     if bool(bad.any()):
         raise ValueError(f"x0 lies outside the bounds in {int(bad.sum())} of {x0.numel()} entries; start inside "
                          "lo <= x0 <= hi")
-    return BoxMap(lo, hi, s)
+    return box
 
 
 def optimize_transformed(optimize, problem, x0, method="gd", steps=100, step_size=None, *, bounds=None,
