@@ -219,13 +219,24 @@ class Problem:
         ``True`` declares ``B`` independent problems: x has shape ``(B, n)``, ``P(x)`` and the
         target ``(B, m)``, and row ``b`` of ``P(x)`` depends on row ``b`` of x only.
         :func:`physgrad.optimize` then solves all samples at once (:mod:`physgrad.batched`).
+    vjp, jvp, jacobian:
+        Keyword-only: derivatives supplied by the user, for a simulator outside torch or with
+        its own adjoint: ``vjp(x, u) -> Jᵀu`` (shaped like x), ``jvp(x, v) -> J v`` (shaped like
+        y), ``jacobian(x) -> J`` (``(m, n)``). The forward is then never traced by autograd
+        (it is wrapped in a :class:`~physgrad.external.Simulator`; a Simulator, e.g. from
+        :func:`~physgrad.external.numpy_simulator`, may also be passed as ``forward``). gd,
+        adam, bfgs and lbfgs need ``vjp`` (or ``jacobian``); matrix-free ig needs ``vjp`` and
+        ``jvp``; the dense methods (ig, hig, LM) use ``jacobian`` or assemble ``J`` from
+        ``x.numel()`` jvps or ``y.numel()`` vjps within the memory budget; newton is refused.
+        ``jacobian_mode`` does not apply. Not for batched problems.
 
     Notes
     -----
-    The forward must be differentiable torch code: ``.item()``, ``float(t)`` or Python ``if`` on
-    tensor values silently cut the derivative (wrong gradients, no error), and ``.numpy()``
-    fails under ``torch.func`` with "Cannot access data pointer of Tensor that doesn't have
-    storage". Dense Jacobians and Hessians are checked against a memory budget before they
+    Without user derivatives the forward must be differentiable torch code: ``.item()``,
+    ``float(t)``, ``.numpy()``, ``.detach()`` or integer casts on tensors that depend on x cut
+    the derivative. :func:`physgrad.optimize` finds such a forward before step 1 and names the
+    call (:meth:`check_entrance`); ``check_derivatives=True`` also compares with a finite
+    difference. The target is detached (no graph is kept through a run). Dense Jacobians and Hessians are checked against a memory budget before they
     are allocated (``physgrad.problem.memory_budget()``, environment variable
     ``PHYSGRAD_MEMORY_BUDGET``). ``counts`` holds the cumulative calls over the Problem's life
     (all threads); :attr:`physgrad.optimize.Result.counts` holds those of one run.
