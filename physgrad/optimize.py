@@ -365,7 +365,6 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         raise TypeError("x0 is on the 'meta' device, which holds no data: optimization needs real values. "
                         "Create x0 on 'cpu' or 'cuda'.")
     x = problem.check_x(x0, "x0").detach().clone()
-    problem.check_entrance(x, method, options, check_derivatives)  # a broken forward, before step 1
     if callback is not None:  # a copy: the callback must not be able to change the iterate
         callback = functools.partial(_call_with_copy, callback)
     state_kw = {k: options.pop(k) for k in list(options) if _STATE_OPTIONS.get(k) == method}
@@ -376,6 +375,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     reuse_y = method == "pg"  # pg takes P(x_k) from the loss evaluation of the previous step
 
     with count_calls() as counts:
+        problem.check_entrance(x, method, options, check_derivatives)  # a broken forward, before step 1
         y = problem.simulate(x)  # also checks the shape of P(x) against y*
         _check_dtypes(problem, method, x, y)
         L = problem.loss_of_output(y).detach()
