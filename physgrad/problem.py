@@ -30,6 +30,7 @@ from .errors import (
     PhysgradError,
     ShapeError,
 )
+from .external import Simulator
 
 # torch.func is imported inside the methods that need it (Jacobians, Hessians, forward mode):
 # its first use in a process costs 1-2 s (torch._dynamo), which paths that need only plain
@@ -258,8 +259,6 @@ class Problem:
                  jacobian_mode: str = "auto", counts: Optional[dict] = None, batched: bool = False, *,
                  vjp: Optional[Callable] = None, jvp: Optional[Callable] = None,
                  jacobian: Optional[Callable] = None):
-        from .external import Simulator
-
         if vjp is not None or jvp is not None or jacobian is not None:
             if isinstance(forward, Simulator):
                 raise TypeError("the forward is already a physgrad.external.Simulator with its own derivatives; "
@@ -276,8 +275,6 @@ class Problem:
     def simulator(self):
         """The :class:`~physgrad.external.Simulator` holding user-supplied derivatives, or
         ``None`` when the derivatives come from autograd."""
-        from .external import Simulator
-
         return self.forward if isinstance(self.forward, Simulator) else None
 
     def __post_init__(self):
@@ -542,7 +539,7 @@ class Problem:
           for autograd or a user ``vjp`` through the dot-product test ``uᵀ(J v) = (Jᵀu)ᵀv`` with
           a random ``u``) against a central finite difference of ``P``; with both ``vjp`` and ``jvp`` also the
           adjoint test ``uᵀ(J v) = (Jᵀu)ᵀv``. A relative mismatch above ``1e-5`` (float64)
-          or ``3e-2`` (float32) raises :class:`~physgrad.errors.DerivativeCheckError`.
+          or ``3e-2`` (float32) raises :class:`DerivativeCheckError`.
 
         The trial ``P(x0)`` is not an extra call: the next :meth:`simulate` of this same ``x0``
         tensor returns it (and counts it). The calls of ``check_derivatives`` are not counted.
