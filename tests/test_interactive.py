@@ -20,9 +20,9 @@ import torch
 from conftest import HTML, ROOT, SCREENSHOTS
 from test_site import DevToolsPage
 
-from physgrad.interactive import COMPARISON_METHODS, LEARNING_RATE
+from physgrad.interactive import COMPARISON_METHODS
 from physgrad.problems.toy import toy, toy_x0
-from physgrad.widgets import run_method
+from physgrad.runs import learning_rate, run_method
 
 CHAPTER_FIGURES = {
     "chapters/02-gradient-descent.html": ["pgv-ch2-gd"],
@@ -199,7 +199,7 @@ def test_comparison_trajectories_equal_physgrad(site, page):
         assert len(drawn) == len(COMPARISON_METHODS)
         prob = toy(10 ** lc)
         for m, opt in COMPARISON_METHODS.items():
-            step = 10 ** le if m in LEARNING_RATE else eta
+            step = 10 ** le if learning_rate(m) else eta
             run = run_method(prob, toy_x0(), m, 20, step, **opt)
             label = {"gd": "GD", "adam": "Adam", "bfgs": "BFGS", "newton": "Newton", "ig": "IG",
                      "pg": "PG", "hig": "HIG"}[m]
