@@ -72,26 +72,31 @@
 
   // Set every panel's size: row i gets (width - over[i]) / (panels in the row), within limits.
   function size(spec, width, over) {
-    var narrowest = Infinity;
     spec.vconcat.forEach(function (row, i) {
       var ps = panelsOf(row), n = ps.length;
       var w = Math.floor((width - over[i]) / n);
       w = Math.max(MIN_W, Math.min(w, MAX_W[n] || MAX_W[3]));
-      narrowest = Math.min(narrowest, w);
       ps.forEach(function (p) {
         var h = Math.round(w * p.height / p.width);
         p.width = w;
         p.height = Math.max(MIN_H, Math.min(h, MAX_H));
         (p.layer || []).forEach(function (layer) {
-          var leg = layer.encoding && layer.encoding.color && layer.encoding.color.legend;
-          if (leg && leg.gradientLength) {
-            leg.gradientLength = leg.orient === "bottom" ? Math.max(100, w - 40) : Math.max(80, p.height - 40);
-          }
+          var enc = layer.encoding || {};
+          ["color", "strokeDash"].forEach(function (ch) {
+            var leg = enc[ch] && enc[ch].legend;
+            if (!leg) return;
+            if (leg.gradientLength) {
+              leg.gradientLength = leg.orient === "bottom" ? Math.max(100, w - 40) : Math.max(80, p.height - 40);
+            } else if (enc[ch].scale && enc[ch].scale.domain && !leg.columns) {
+              // as many legend columns as the longest label lets fit under the plot
+              var longest = 0;
+              enc[ch].scale.domain.forEach(function (d) { longest = Math.max(longest, String(d).length); });
+              leg.columns = Math.max(1, Math.min(4, Math.floor(w / (34 + 6.6 * longest))));
+            }
+          });
         });
       });
     });
-    // legend columns that fit the narrowest panel (about 90 px per entry)
-    spec.config.legend.columns = Math.max(1, Math.min(4, Math.floor(narrowest / 90)));
     return spec;
   }
 

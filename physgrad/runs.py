@@ -2,7 +2,7 @@ r"""Headless runs for the explorers: one run per slider setting, cached, cut and
 
 Both ways the book lets a reader move sliders read their numbers from here: the live
 :class:`physgrad.widgets.Explorer` (matplotlib, a running kernel) and the kernel-free figures of
-:mod:`physgrad.interactive` (runs over a grid of slider values, drawn by the browser). Nothing in
+``physgrad.interactive`` (runs over a grid of slider values, drawn by the browser). Nothing in
 this module draws, so both, and the tests, can use it without matplotlib or ipywidgets.
 
 >>> run = run_method(toy(1.0), toy_x0(), "gd", 30, 0.05)
