@@ -387,7 +387,7 @@ def _outcome(run, steps: int) -> str:
     if is_stable(run, steps):
         return f"stable: L/L₀ = {rel[-1].item():.2g} after {run.nit} steps"
     if not run.ok:
-        return f"diverges: the loss overflows at step {run.nit + 1}"
+        return f"diverges: the loss is no longer finite at step {run.nit + 1}"
     return f"diverges: L/L₀ = {rel[-1].item():.2g} after {run.nit} steps"
 
 
