@@ -174,8 +174,11 @@
     // draw, measure what axes and legends take in each row, and draw again with that until
     // every row fits its box (at most three drawings; the space taken changes a little with
     // the panel width, e.g. through the number of legend columns)
+    // the page's own background (the theme's CSS variable), so the chart sits flat on the page
+    var bg = getComputedStyle(document.documentElement).getPropertyValue("--pst-color-background").trim();
     function pass(over, left) {
       var spec = size(JSON.parse(JSON.stringify(base)), w, over);
+      if (bg) spec.config.background = bg;
       return render(fig, spec).then(function (view) {
         var measured = measure(view, spec);
         if (measured.some(function (m) { return m === null; })) return view;

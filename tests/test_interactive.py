@@ -7,6 +7,11 @@ methods) the drawn trajectory is read back from the Vega scenegraph and compared
 every request must be a local file. Screenshots of each figure before and after a slider move go
 to _build/screenshots/ix-*.png; page weights and redraw times go to _build/interactive.json
 (measurements, reported, not asserted).
+
+The layout tests at the end need no book build: they draw small versions of three figures on a
+page built in a temporary folder (vendored Vega, assets/sliders.js and .css, a 790 px column)
+and check the stacked layout at 390×844, the side-by-side layout at 1440×900, a resize, dark
+mode and the contrast of the line colours.
 """
 
 from __future__ import annotations
