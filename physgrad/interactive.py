@@ -265,10 +265,12 @@ def lines_panel(name: str, filt: str, fx: str, fy: str, series: Sequence[str],
     ``shapes``: a dash pattern and a point shape per series (shown in the same legend as the
     colours)."""
     def axis(d, f):
-        return {"field": f, "type": "quantitative", "title": d["title"],
-                "scale": {"domain": d["domain"], "type": d.get("type", "linear"), "nice": False,
-                          "zero": False},
-                "axis": {"format": ".0e"} if d.get("type") == "log" else {}}
+        log = d.get("type") == "log"
+        scale = {"domain": d["domain"], "type": d.get("type", "linear"), "nice": False}
+        if not log:
+            scale["zero"] = False
+        return {"field": f, "type": "quantitative", "title": d["title"], "scale": scale,
+                "axis": {"format": ".0e"} if log else {}}
     leg = {"symbolType": "stroke"} if legend else None
     enc = {"x": axis(x, fx), "y": axis(y, fy), "order": {"field": "k", "type": "quantitative"},
            "color": {"field": "s", "type": "nominal", "title": None,
@@ -280,7 +282,7 @@ def lines_panel(name: str, filt: str, fx: str, fy: str, series: Sequence[str],
     layer = [{"name": name, "mark": mark, "encoding": enc}]
     if points:  # the points in a layer of their own: the legend then shows the dash patterns
         penc = {k: enc[k] for k in ("x", "y")}
-        penc["color"] = {**enc["color"], "legend": None}
+        penc["color"] = enc["color"]  # the same legend (one merged legend, no conflict)
         pts = {"name": name + "_pts", "mark": {"type": "point", "clip": True, "size": 24,
                                                "filled": True, "opacity": 1}, "encoding": penc}
         if shapes is not None:  # a field of its own, so that the legend keeps line symbols
