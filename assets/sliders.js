@@ -217,8 +217,10 @@
     var el = document.getElementById(id), src = document.getElementById(id + "-spec");
     if (!el || !src || figures[id]) return;
     var msg = el.querySelector(".pgv-msg");
-    var fig = figures[id] = { id: id, el: el, doc: JSON.parse(src.textContent), over: {} };
+    var fig = figures[id] = { id: id, el: el, doc: JSON.parse(src.textContent), over: {}, busy: true };
     loadVega().then(function () { return draw(fig); }).then(function () {
+      fig.busy = false;
+      redrawAll();  // the box or the theme may have changed while it was drawn
       if (msg) msg.style.display = "none";
       el.setAttribute("data-ready", "1");
       if (window.ResizeObserver) new ResizeObserver(redrawAll).observe(el);

@@ -20,7 +20,6 @@ import json
 import statistics
 
 import pytest
-import torch
 
 from conftest import HTML, ROOT, SCREENSHOTS
 from test_site import DevToolsPage
