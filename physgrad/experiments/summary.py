@@ -80,7 +80,7 @@ def table_rows(results_dir: str = "results") -> list:
     if d is None:
         rows.append({**base, **_missing("heat")})
     else:
-        r = _value(d, None, "adam/sip", "test_x_l1_ratio")
+        r = _value(d, None, "adam/sip", "x_l1_ratio")
         ok = r is not None and r >= 2.0
         rows.append({**base, "measured": f"{r:.2f}", "reproduced": "yes" if ok else "no",
                      "why": "" if ok else ("SIP is ahead, but by far less; our network is a three-layer "
