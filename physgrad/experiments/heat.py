@@ -289,7 +289,7 @@ def bench(full: bool = False, device=None, seed: int = 0, progress: bool = True)
     Default (``setting`` "cpu ..."): the cheaper CPU run: the paper's recipe with batches of 16
     fresh fields and a wall-time budget per method (:data:`CPU_RUN`). ``full=True`` (setting
     "gpu published ..."): the paper's batch of 128 for 2·10⁴ steps (:data:`GPU_RECIPE`), meant for
-    a GPU (``--device cuda``, about 20–40 minutes per method). Both evaluate x-L1 on 128 fixed test
+    a GPU (``--device cuda``; estimated, not measured: 20–40 minutes per method). Both evaluate x-L1 on 128 fixed test
     fields (mean fix and clamp), and record the reference floors (:func:`floors`) and the error
     spectra (:func:`error_spectrum`)."""
     import os
