@@ -159,7 +159,8 @@ def paper_inverse(dy: Tensor, nu_T: float = NU_T, rel_noise: float = 1e-6) -> Te
     signal = torch.where(torch.isfinite(signal), signal, torch.zeros_like(signal))
     noise = torch.exp(-0.5 * (a / s) ** 2) * 0.5
     total = signal + noise
-    p = torch.where(total > 0, signal / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    p = torch.where(total > 0, signal / safe, torch.zeros_like(total))  # divide, 0 where both are 0
     action = torch.where((p <= 0.5) | (p >= 0.68), 2 * (p - 0.5), torch.zeros_like(p))
     clamped = log_kernel.clamp_max(math.floor(math.log(torch.finfo(torch.float32).max)))
     kernel = torch.exp(clamped * action)
@@ -229,8 +230,8 @@ def train(method: str, steps: int, batch: int = 128, n: int = 64, lr: Optional[f
     adam/sgd, ``nn.SIP`` with :func:`sip_inverse` for sip). ``test = (y, x)`` is evaluated every
     ``eval_every`` steps and at the end (x-L1 after mean fix and clamp). Stops after ``steps`` or
     ``time_budget`` seconds. ``device``: where the fields, the network and the FFTs live (the
-    fields are drawn on the CPU, so a seed gives the same data anywhere). Returns ``(model, log)`` with ``log`` holding the steps, the batch
-    physics losses, the test curve and the wall time."""
+    fields are drawn on the CPU, so a seed gives the same data anywhere). Returns ``(model, log)``
+    with ``log`` holding the steps, the batch physics losses, the test curve and the wall time."""
     from tqdm import tqdm
 
     from ..problems.heat import heat_2d
@@ -289,8 +290,8 @@ def bench(full: bool = False, device=None, seed: int = 0, progress: bool = True)
     Default (``setting`` "cpu ..."): the cheaper CPU run: the paper's recipe with batches of 16
     fresh fields and a wall-time budget per method (:data:`CPU_RUN`). ``full=True`` (setting
     "gpu published ..."): the paper's batch of 128 for 2·10⁴ steps (:data:`GPU_RECIPE`), meant for
-    a GPU (``--device cuda``; estimated, not measured: 20–40 minutes per method). Both evaluate x-L1 on 128 fixed test
-    fields (mean fix and clamp), and record the reference floors (:func:`floors`) and the error
+    a GPU (``--device cuda``; estimated, not measured: 20–40 minutes per method). Both evaluate
+    x-L1 on 128 fixed test fields (mean fix and clamp), and record the reference floors (:func:`floors`) and the error
     spectra (:func:`error_spectrum`)."""
     import os
 
@@ -311,7 +312,8 @@ def bench(full: bool = False, device=None, seed: int = 0, progress: bool = True)
         value = log["curve_x_l1"][-1]
         rows.append(row("heat", setting, method, "x_l1", value, PUBLISHED[method], source=SOURCE,
                         settings_difference=diff, steps=log["steps"], lr=log["lr"], wall_s=log["wall_s"]))
-        rows.append(row("heat", setting, method, "final_batch_loss", sum(log["losses"][-20:]) / len(log["losses"][-20:]),
+        tail = log["losses"][-20:]
+        rows.append(row("heat", setting, method, "final_batch_loss", sum(tail) / len(tail),
                         None, source="this run", steps=log["steps"]))
         spectra[method] = error_spectrum(x_pred, x_test)
         curves[method] = {"steps": log["curve_steps"], "x_l1": log["curve_x_l1"]}
@@ -327,4 +329,5 @@ def bench(full: bool = False, device=None, seed: int = 0, progress: bool = True)
     return {"config": dict(cfg, n=64, nu_T=NU_T, test_fields=128, fit_fields=512, lrs=PAPER_LR,
                            weights=sum(p.numel() for p in UNet().parameters()), seed=seed,
                            device=str(device or "cpu"), gpu_command=COMMAND_GPU, cpu_command=COMMAND_CPU),
-            "load_avg_start": list(load0), "load_avg_end": list(os.getloadavg()), "rows": rows, "spectra": spectra, "curves": curves}
+            "load_avg_start": list(load0), "load_avg_end": list(os.getloadavg()),
+            "rows": rows, "spectra": spectra, "curves": curves}
