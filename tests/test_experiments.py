@@ -228,11 +228,15 @@ def test_heat_committed_results_have_the_row_format():
     for r in d["rows"]:
         assert {"experiment", "setting", "method", "metric", "value", "published", "source"} <= set(r)
         assert r["experiment"] == "heat" and ("cpu" in r["setting"] or "gpu" in r["setting"])
-    pub = {r["method"]: r["published"] for r in d["rows"] if r["metric"] == "x_l1"}
+    main = [r for r in d["rows"] if r["setting"] == d["rows"][0]["setting"]]  # the wall-time run
+    pub = {r["method"]: r["published"] for r in main if r["metric"] == "x_l1"}
     assert pub["adam"] == 125.0 and pub["sgd"] == 118.9 and pub["sip"] == 50.4
-    ratio = next(r for r in d["rows"] if r["metric"] == "x_l1_ratio")
-    x = {r["method"]: r["value"] for r in d["rows"] if r["metric"] == "x_l1"}
+    ratio = next(r for r in main if r["metric"] == "x_l1_ratio")
+    x = {r["method"]: r["value"] for r in main if r["metric"] == "x_l1"}
     assert ratio["value"] == pytest.approx(x["adam"] / x["sip"], rel=1e-12)
+    for r in d["rows"]:  # a step-matched row, if any, holds as many SIP steps as Adam took
+        if r["setting"].startswith("cpu equal steps") and r["metric"] == "x_l1":
+            assert r["steps"] == next(q["steps"] for q in main if q["method"] == "adam")
 
 
 def test_heat_bench_rows_spectra_and_curves_at_tiny_size(monkeypatch):

@@ -35,6 +35,7 @@ from .. import nn
 from . import row
 
 __all__ = ["UNet", "MeanFixed", "paper_boxes", "paper_inverse", "sip_inverse", "predict", "x_l1",
+           "extend_equal_steps",
            "error_spectrum", "best_linear_filter", "floors", "train", "PUBLISHED", "SOURCE",
            "GPU_RECIPE", "CPU_RUN", "bench"]
 
@@ -331,3 +332,47 @@ def bench(full: bool = False, device=None, seed: int = 0, progress: bool = True)
                            device=str(device or "cpu"), gpu_command=COMMAND_GPU, cpu_command=COMMAND_CPU),
             "load_avg_start": list(load0), "load_avg_end": list(os.getloadavg()),
             "rows": rows, "spectra": spectra, "curves": curves}
+
+
+def extend_equal_steps(path: str = "results/nn-heat.json", seed: int = 0, progress: bool = True) -> dict:
+    r"""Add a step-matched SIP run to a committed CPU result: SIP trained for as many steps as Adam
+    took in that file's wall-time run (same seed, data and test fields), so that the comparison
+    does not depend on the machine's load. Appends rows with setting "cpu equal steps, ..." and the
+    curve ``curves["sip_equal_steps"]`` to the JSON at ``path`` and returns it.
+    ``python -m physgrad.experiments.heat --equal-steps results/nn-heat.json``."""
+    import json
+    import os
+
+    with open(path) as f:
+        out = json.load(f)
+    adam = next(r for r in out["rows"] if r["method"] == "adam" and r["metric"] == "x_l1")
+    cfg = out["config"]
+    setting = f"cpu equal steps, batch {cfg['batch']}"
+    y_test, x_test = _test_set(seed=seed)
+    load0 = os.getloadavg()
+    _, log = train("sip", adam["steps"], batch=cfg["batch"], seed=seed, test=(y_test, x_test),
+                   eval_every=cfg["eval_every"], progress=progress)
+    diff = f"batch {cfg['batch']} instead of 128; {adam['steps']} steps, as many as Adam took in the wall-time run"
+    sip = log["curve_x_l1"][-1]
+    out["rows"].append(row("heat", setting, "sip", "x_l1", sip, PUBLISHED["sip"], source=SOURCE,
+                           settings_difference=diff, steps=log["steps"], lr=log["lr"], wall_s=log["wall_s"]))
+    out["rows"].append(row("heat", setting, "adam/sip", "x_l1_ratio", adam["value"] / sip,
+                           PUBLISHED["adam"] / PUBLISHED["sip"], source=SOURCE, settings_difference=diff))
+    out["curves"]["sip_equal_steps"] = {"steps": log["curve_steps"], "x_l1": log["curve_x_l1"]}
+    out["equal_steps"] = {"command": f"python -m physgrad.experiments.heat --equal-steps {path}",
+                          "load_avg_start": list(load0), "load_avg_end": list(os.getloadavg())}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, default=str)
+        f.write("\n")
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m physgrad.experiments.heat")
+    ap.add_argument("--equal-steps", metavar="PATH", required=True,
+                    help="add a step-matched SIP run to the committed CPU result at PATH")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    extend_equal_steps(args.equal_steps)
