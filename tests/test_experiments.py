@@ -101,29 +101,6 @@ def test_two_outputs_loss_terms_and_paper_form():
     assert res.final_loss < res.losses[0]
 
 
-def test_summary_table_reads_results_and_reports_missing(tmp_path):
-    import json
-
-    from physgrad.experiments import summary
-
-    rows = summary.table_rows(str(tmp_path))
-    assert len(rows) == 4 and all(r["measured"] == "not run yet" for r in rows)
-    d = {"machine": {}, "config": {"budget_s": 100.0}, "rows": [
-        row("oscillators", "published", "hig", "final_test_loss", 1e-5, None, steps=250),
-        row("oscillators", "published", "adam/hig", "final_test_loss_ratio", 40.0, 1e4)]}
-    (tmp_path / "nn-oscillators.json").write_text(json.dumps(d))
-    osc = summary.table_rows(str(tmp_path))[2]
-    assert osc["reproduced"] == "no" and "250" in osc["why"] and osc["measured"].startswith("40")
-    assert "| oscillators, published setting |" in summary.markdown([osc])
-
-
-def test_summary_html_table():
-    from physgrad.experiments import summary
-
-    h = summary.html("| a | b |\n|---|---|\n| `x<1` | 2 |")
-    assert "<th>a</th><th>b</th>" in h and "<td><code>x&lt;1</code></td><td>2</td>" in h
-
-
 # ----------------------------------------------------------------------------- heat (SIP paper recipe)
 def test_heat_unet_has_the_papers_size_and_mean_fix_holds():
     # PhiFlow 2.1 u_net(1, 1): conv3x3 = 9*cin*cout + cout, batch norm = 2*c, 1x1 output
