@@ -45,8 +45,10 @@ def renumber(fignumbers: dict) -> dict:
     new = {doc: {kind: dict(ids) for kind, ids in kinds.items()}
            for doc, kinds in fignumbers.items()}
     counters: dict = {}
-    for num, doc, fid in sorted(figs, key=lambda f: tuple(int(p) if str(p).isdigit() else -1
-                                                           for p in f[0])):
+    def order(fig):
+        return tuple(int(p) if str(p).isdigit() else -1 for p in fig[0])
+
+    for num, doc, fid in sorted(figs, key=order):
         if (doc, fid) in twins:
             continue
         prefix = tuple(num[:-1]) if len(num) > 1 else (APPENDIX,)

@@ -27,7 +27,8 @@ from .optimize import Result
 from .problem import Problem
 
 __all__ = ["METHOD_COLORS", "METHOD_LABELS", "ALIASES", "STYLE", "COLUMN_WIDTH", "use_style",
-           "color", "styles", "label", "panels", "shared_legend", "one_column", "PHONE_WIDTH", "glue_figure",
+           "color", "styles", "label", "panels", "shared_legend", "one_column", "PHONE_WIDTH",
+           "glue_figure",
            "loss_grid", "plot_contours",
            "plot_trajectories", "plot_y_trajectories", "plot_losses", "compare"]
 
