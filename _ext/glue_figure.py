@@ -12,6 +12,12 @@ shows a notebook's figure needs both, so this directive combines them::
     Caption text, as in a ``{figure}``. Further paragraphs form the legend.
     ```
 
+The book's short form works as well: ``{glue:figure} KEY`` with ``:name:`` (and optionally
+``:doc:``) in a chapter page. myst-nb's own ``glue:figure`` only finds keys glued in the same
+notebook; here, when the page has no such key, the figure is taken from the notebook that glued
+it (``:doc:``, or the one notebook of the book whose outputs carry the key) exactly as
+``{glued-figure}`` does.
+
 ``:doc:`` is relative to the page (as for ``{glue}``); ``:name:`` makes the figure referable
 with ``{numref}``; ``:alt:`` is the image's alt text (default: the caption); ``:unnumbered:``
 keeps the figure out of the book's figure numbering. ``:narrow: KEY`` names a second glued
@@ -22,6 +28,9 @@ one caption). Both images are loaded lazily, so a browser fetches only the one i
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -103,6 +112,70 @@ def _restore_ids(app, doctree, docname):
             fig["ids"] = fig["unnumbered_ids"]
 
 
+def _glued_keys(env) -> dict:
+    """{key: [docname, ...]} over the book's notebooks, from their stored outputs (cached)."""
+    import json
+
+    cache = getattr(env, "_pg_glued_keys", None)
+    if cache is not None:
+        return cache
+    cache = {}
+    for docname in sorted(env.found_docs):
+        path = env.doc2path(docname)
+        if not str(path).endswith(".ipynb"):
+            continue
+        try:
+            cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+        except (OSError, ValueError):
+            continue
+        for cell in cells:
+            for out in cell.get("outputs", []):
+                name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+                if name:
+                    cache.setdefault(name, []).append(docname)
+    env._pg_glued_keys = cache
+    return cache
+
+
+def _glue_figure_directive():
+    from myst_nb.ext.glue.directives import PasteFigureDirective
+    from myst_nb.ext.glue.utils import RetrievalError, retrieve_glue_data
+
+    class GlueFigure(PasteFigureDirective):
+        """myst-nb's ``glue:figure``, which also takes a key from another notebook."""
+
+        option_spec = {**PasteFigureDirective.option_spec, "doc": directives.unchanged,
+                       "narrow": directives.unchanged_required, "unnumbered": directives.flag}
+
+        @property
+        def env(self):
+            return self.state.document.settings.env
+
+        def run(self):
+            if "doc" not in self.options:
+                try:
+                    retrieve_glue_data(self.document, self.arguments[0])
+                    return super().run()  # a key of this notebook: myst-nb's directive
+                except RetrievalError:
+                    pass
+                docs = _glued_keys(self.env).get(self.arguments[0], [])
+                if len(docs) != 1:
+                    raise self.error(f"glue:figure: key {self.arguments[0]!r} is glued by "
+                                     f"{len(docs)} notebooks ({', '.join(docs) or 'none'}); "
+                                     "name the notebook with :doc:")
+                here = Path(self.env.doc2path(self.env.docname)).parent
+                self.options["doc"] = os.path.relpath(self.env.doc2path(docs[0]), here)
+            options = {k: v for k, v in self.options.items()
+                       if k in GluedFigure.option_spec}
+            if "figclass" in self.options:
+                options["class"] = self.options["figclass"]
+            return GluedFigure(self.name, self.arguments, options, self.content, self.lineno,
+                               self.content_offset, self.block_text, self.state,
+                               self.state_machine).run()
+
+    return GlueFigure
+
+
 class WriteNarrowImages(SphinxPostTransform):
     """Write the image file of each narrow variant before myst-nb resolves the glue reference.
 
@@ -116,7 +189,6 @@ class WriteNarrowImages(SphinxPostTransform):
     def run(self, **kwargs):
         from binascii import a2b_base64
         from hashlib import sha256
-        from pathlib import Path
 
         from myst_nb.ext.glue.crossref import read_glue_cache
         from myst_nb.ext.glue.utils import PendingGlueReference
@@ -150,6 +222,7 @@ def _lazy_variants(app, doctree, docname):
 
 def setup(app):
     app.add_directive("glued-figure", GluedFigure)
+    app.add_directive_to_domain("glue", "figure", _glue_figure_directive(), override=True)
     app.add_post_transform(WriteNarrowImages)
     app.connect("doctree-resolved", _lazy_variants)
     app.connect("doctree-read", _hide_from_numbering)
