@@ -4,8 +4,9 @@ Importing this module applies the book's figure style (:func:`use_style`): figur
 ~700 px text column, drawn as 2× PNG (sharp on HiDPI screens, shown at their 1× size), with text
 of at least 11 px on a desktop screen. Every method has one colour (:data:`METHOD_COLORS`) in
 every chapter; repeated runs of one method get shades and line styles (:func:`styles`).
-Multi-panel figures use :func:`panels` (at most two panels per row) and :func:`shared_legend`,
-so that they stay legible on a phone.
+Multi-panel figures use :func:`panels` (at most two panels per row) and :func:`shared_legend`;
+:func:`one_column` makes a copy with the panels stacked, which the website shows on narrow
+screens instead of the side-by-side figure.
 
 Every drawing function draws into a given matplotlib ``Axes`` (or makes one) and returns what it
 drew, so notebooks and :mod:`physgrad.widgets` can compose and update them.
@@ -26,7 +27,9 @@ from .optimize import Result
 from .problem import Problem
 
 __all__ = ["METHOD_COLORS", "METHOD_LABELS", "ALIASES", "STYLE", "COLUMN_WIDTH", "use_style",
-           "color", "styles", "label", "panels", "shared_legend", "loss_grid", "plot_contours",
+           "color", "styles", "label", "panels", "shared_legend", "one_column", "PHONE_WIDTH",
+           "glue_figure",
+           "loss_grid", "plot_contours",
            "plot_trajectories", "plot_y_trajectories", "plot_losses", "compare"]
 
 #: One colour per method, the same in every chapter. Families share a region of hue
@@ -175,6 +178,66 @@ def panels(n: int, height: float = 2.8, ncols: Optional[int] = None, width: floa
         alone = i == n - 1 and n % ncols != 0
         axes.append(fig.add_subplot(grid[r, c:] if alone else grid[r, c]))
     return fig, axes
+
+
+#: Width in inches of a figure for a phone's text column (about 360 CSS px at 1×).
+PHONE_WIDTH = 3.6
+
+
+def _panel_axes(fig) -> list:
+    """The figure's panels (Axes placed by a grid, not colour bars or insets), in reading
+    order: by grid row, then column."""
+    axes = [ax for ax in fig.axes if ax.get_subplotspec() is not None]
+    return sorted(axes, key=lambda ax: (ax.get_subplotspec().rowspan.start,
+                                        ax.get_subplotspec().colspan.start))
+
+
+def one_column(fig, width: float = PHONE_WIDTH, min_height: float = 1.9):
+    """A copy of ``fig`` with its panels stacked in one column of ``width`` inches, for narrow
+    screens; ``None`` if ``fig`` has no two panels side by side (nothing to stack).
+
+    Each panel keeps its aspect ratio (but is at least ``min_height`` inches tall), its content,
+    labels and legend; colour bars follow their panel, and a legend of the whole figure is
+    rearranged into at most two columns. The copy is made by pickling, so ``fig``
+    itself is not changed. The figure needs a constrained layout (as from :func:`panels`)."""
+    specs = [ax.get_subplotspec() for ax in _panel_axes(fig)]
+    if not any(s.colspan.start > 0 for s in specs):
+        return None
+    import pickle  # noqa: PLC0415 (only needed here)
+
+    new = pickle.loads(pickle.dumps(fig))
+    axes = _panel_axes(new)
+    fig.canvas.draw()  # positions after the original layout
+    heights = []
+    for ax in _panel_axes(fig):
+        box = ax.get_position()
+        aspect = (box.height * fig.get_figheight()) / (box.width * fig.get_figwidth())
+        heights.append(max(min_height, width * aspect))
+    grid = new.add_gridspec(len(axes), 1, height_ratios=heights)
+    for i, ax in enumerate(axes):
+        ax.set_subplotspec(grid[i, 0])
+    for legend in new.legends:  # a figure-wide legend in one row would set the width
+        legend.set_ncols(min(2, len(legend.get_texts())))
+    new.set_size_inches(width, sum(heights) + 0.25 * len(axes), forward=False)
+    return new
+
+
+def glue_figure(key: str, fig, display: bool = False) -> Optional[str]:
+    """Store ``fig`` under ``key`` for a chapter page (myst-nb ``glue``) and close it. A figure
+    with panels side by side also stores its :func:`one_column` copy under ``key + "-narrow"``
+    (the chapter's ``{glued-figure}`` shows it on phones via ``:narrow:``); returns that key, or
+    ``None``. Needs ``myst_nb`` (the book's toolchain), imported only here."""
+    from myst_nb import glue  # noqa: PLC0415 (a book dependency, not a library one)
+
+    glue(key, fig, display=display)
+    narrow = one_column(fig)
+    narrow_key = None
+    if narrow is not None:
+        narrow_key = key + "-narrow"
+        glue(narrow_key, narrow, display=False)
+        plt.close(narrow)
+    plt.close(fig)
+    return narrow_key
 
 
 def shared_legend(fig, axes, loc: str = "outside lower center", ncol: Optional[int] = None,

@@ -208,3 +208,43 @@ def test_losses_plot_uses_method_colour_and_keeps_zero_losses():
         assert torch.is_tensor(res.losses)
     finally:
         plt.close(fig)
+
+
+def test_one_column_stacks_side_by_side_panels_and_keeps_their_content():
+    fig, ax = plt.subplot_mosaic([["a", "b"], ["c", "c"]], figsize=(7, 5), layout="constrained")
+    for k, name in enumerate("abc"):
+        ax[name].plot([0, 1, 2], [k, k + 1, k * k])
+        ax[name].set_title(name)
+    fig.legend(["a", "b", "c"], loc="outside lower center", ncols=3)
+    before = [a.get_subplotspec().get_geometry() for a in plotting._panel_axes(fig)]
+    narrow = plotting.one_column(fig)
+    try:
+        panels = plotting._panel_axes(narrow)
+        assert [a.get_title() for a in panels] == ["a", "b", "c"]  # reading order kept
+        specs = [a.get_subplotspec() for a in panels]
+        assert all(s.colspan.start == 0 and s.colspan.stop == 1 for s in specs)  # one column
+        assert [s.rowspan.start for s in specs] == [0, 1, 2]
+        for k, a in enumerate(panels):
+            np.testing.assert_array_equal(a.lines[0].get_ydata(), [k, k + 1, k * k])
+        assert narrow.get_figwidth() == pytest.approx(plotting.PHONE_WIDTH)
+        assert narrow.legends[0]._ncols == 2 and fig.legends[0]._ncols == 3  # legend reflowed
+        narrow.canvas.draw()  # the stacked panels do not overlap
+        boxes = [a.get_position() for a in panels]
+        assert all(lo.y1 <= hi.y0 + 1e-9 for hi, lo in zip(boxes, boxes[1:]))
+        # the original figure is untouched
+        assert [a.get_subplotspec().get_geometry() for a in plotting._panel_axes(fig)] == before
+        assert fig.get_figwidth() == pytest.approx(7)
+    finally:
+        plt.close(fig)
+        plt.close(narrow)
+
+
+def test_one_column_is_none_for_a_figure_without_panels_side_by_side():
+    fig, axes = plotting.panels(1)
+    fig2, axes2 = plt.subplots(2, 1, layout="constrained")
+    try:
+        assert plotting.one_column(fig) is None
+        assert plotting.one_column(fig2) is None
+    finally:
+        plt.close(fig)
+        plt.close(fig2)
