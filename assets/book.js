@@ -80,3 +80,25 @@
   window.addEventListener("beforeprint", fit);
   window.addEventListener("afterprint", unfit);
 })();
+
+// 4. The search page opened from disk (file://): the browser may not read the pages' text, so
+//    results come without snippets. Say so, and how to get them.
+(function () {
+  function note() {
+    if (location.protocol !== "file:") return;
+    var box = document.querySelector("#search-results") || document.querySelector(".bd-search-container");
+    if (!box || document.querySelector(".search-file-note")) return;
+    var p = document.createElement("p");
+    p.className = "search-file-note";
+    p.textContent = "Opened from disk, the results list pages without text snippets. To see " +
+      "snippets, serve the folder, e.g. `python -m http.server -d _build/html`, and open " +
+      "http://localhost:8000/search.html.";
+    box.parentNode.insertBefore(p, box);
+  }
+  if (!/(^|\/)search\.html$/.test(location.pathname)) return;
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", note);
+  } else {
+    note();
+  }
+})();

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import json
 import re
 import shutil
 import subprocess
@@ -84,10 +85,11 @@ def _section_title(page: str, doc: str) -> tuple[str, str] | None:
     m = re.search(r'<span id="%s"></span>' % re.escape(anchor), page)
     if not m:
         return None
-    h = re.search(r"<h1[^>]*>(.*?)</h1>", page[m.end():], flags=re.S)
+    # singlehtml demotes each page's title to <h2>
+    h = re.search(r"<h([1-3])[^>]*>(.*?)</h\1>", page[m.end():], flags=re.S)
     if not h:
         return None
-    text = re.sub(r"<[^>]+>", "", h.group(1))
+    text = re.sub(r"<[^>]+>", "", h.group(2))
     text = html.unescape(text).replace("#", "").strip()
     return anchor, text
 
@@ -108,7 +110,7 @@ def front_matter(page: str, numbers: dict[str, int] | None) -> tuple[str, list[d
         entries.append({"anchor": anchor, "title": title, "doc": e["doc"]})
         num = "" if numbers is None else str(numbers.get(e["doc"], ""))
         cls = "section" if e["level"] else "chapter"
-        rows.append(f'<li class="{cls}"><a href="#{anchor}">{html.escape(title)}</a>'
+        rows.append(f'<li class="{cls}" data-doc="{html.escape(e["doc"])}"><a href="#{anchor}">{html.escape(title)}</a>'
                     f'<span class="dots"></span><span class="page">{num or "&#8199;&#8199;&#8199;"}'
                     f"</span></li>")
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
@@ -122,10 +124,29 @@ def front_matter(page: str, numbers: dict[str, int] | None) -> tuple[str, list[d
     return front, entries
 
 
+def unique_figure_ids(page: str) -> str:
+    """The single page holds some interactive figures twice (in a chapter and on the explorables
+    page) under the same element id; each copy gets its own id, so that each one draws."""
+    seen: dict[str, int] = {}
+
+    def rename(m: re.Match) -> str:
+        fid = m.group(1)
+        seen[fid] = seen.get(fid, 0) + 1
+        if seen[fid] == 1:
+            return m.group(0)
+        new = f"{fid}-copy{seen[fid]}"
+        block = m.group(0)
+        block = block.replace(f'id="{fid}"', f'id="{new}"', 1)
+        block = block.replace(f'id="{fid}-spec"', f'id="{new}-spec"', 1)
+        return block.replace(f'var id="{fid}"', f'var id="{new}"', 1)
+
+    return re.sub(r'<div class="pgv" id="(pgv-[^"]+)".*?var id="\1"', rename, page, flags=re.S)
+
+
 def prepare(numbers: dict[str, int] | None = None) -> tuple[Path, list[dict]]:
     """Write _build/singlehtml/book-print.html: the single page with front matter and page
     breaks before chapters."""
-    page = (SINGLE / "index.html").read_text(encoding="utf-8")
+    page = unique_figure_ids((SINGLE / "index.html").read_text(encoding="utf-8"))
     front, entries = front_matter(page, numbers)
     # each top-level page starts on a new sheet
     page = re.sub(r'(<span id="document-(?!index")[^"]+"></span>)',
@@ -140,18 +161,30 @@ def prepare(numbers: dict[str, int] | None = None) -> tuple[Path, list[dict]]:
     return out, entries
 
 
-def print_pdf(chromium: str, page: Path) -> bytes:
+def print_book(chromium: str, page: Path, pdf: Path, entries: list[dict]) -> dict[str, int]:
+    """Print ``page`` to ``pdf`` twice on one loaded page: first to find each contents entry's
+    page, then with those numbers written into the contents. Returns the numbers."""
     p = DevToolsPage(chromium, size=(1000, 1400), flags=FLAGS)
     try:
-        p.goto(page.as_uri(), timeout=300)
+        t0 = time.time()
+        p.goto(page.as_uri(), timeout=600)
+        print(f"build_pdf:   loaded in {time.time() - t0:.0f} s", flush=True)
         p.js("window.MathJax && MathJax.startup && MathJax.startup.promise ?"
              " MathJax.startup.promise.then(() => true) : true")
+        print(f"build_pdf:   typeset after {time.time() - t0:.0f} s", flush=True)
         # every interactive figure has drawn (or reported why not)
         p.wait_for("Array.from(document.querySelectorAll('.pgv')).every(e => "
                    "e.getAttribute('data-ready') === '1' || "
                    "(e.querySelector('.pgv-msg') && !/^Loading/.test(e.querySelector('.pgv-msg').textContent)))",
-                   timeout=180)
+                   timeout=300)
         p.wait_for("document.readyState === 'complete'", timeout=60)
+        state = p.js("Array.from(document.querySelectorAll('.pgv')).map(e => e.id + ':' + "
+                     "(e.getAttribute('data-ready') || e.querySelector('.pgv-msg').textContent.slice(0, 80)))")
+        print(f"build_pdf:   figures drawn after {time.time() - t0:.0f} s: "
+              f"{sum(s.endswith(':1') for s in state)} of {len(state)}", flush=True)
+        for s in state:
+            if not s.endswith(":1"):
+                print(f"build_pdf:   not drawn: {s}", flush=True)
         p.send("Emulation.setEmulatedMedia", media="print")
         time.sleep(0.5)
         p.js("window.physgradFitForPrint && window.physgradFitForPrint(); true")
@@ -159,10 +192,25 @@ def print_pdf(chromium: str, page: Path) -> bytes:
         header = (f'<div style="font-size:7pt;width:100%;text-align:center;color:#777;">{title}</div>')
         footer = ('<div style="font-size:8pt;width:100%;text-align:center;color:#444;">'
                   '<span class="pageNumber"></span></div>')
-        r = p.send("Page.printToPDF", timeout=600, printBackground=True, displayHeaderFooter=True,
-                   headerTemplate=header, footerTemplate=footer, generateDocumentOutline=True,
-                   **A4)
-        return base64.b64decode(r["data"])
+
+        def once():
+            r = p.send("Page.printToPDF", timeout=900, printBackground=True, displayHeaderFooter=True,
+                       headerTemplate=header, footerTemplate=footer, generateDocumentOutline=True,
+                       **A4)
+            pdf.write_bytes(base64.b64decode(r["data"]))
+            print(f"build_pdf:   printed after {time.time() - t0:.0f} s", flush=True)
+
+        once()
+        numbers = page_numbers(pdf, entries, skip=front_pages(pdf))
+        print(f"build_pdf:   found the page of {len(numbers)} of {len(entries)} contents entries; "
+              "printing again with the numbers", flush=True)
+        # the placeholders have the width of three digits, so the layout does not move
+        p.js("(nums => { for (const li of document.querySelectorAll('.pdf-toc li[data-doc]')) {"
+             " const n = nums[li.getAttribute('data-doc')];"
+             " if (n) li.querySelector('.page').textContent = String(n); } return true; })(%s)"
+             % json.dumps(numbers))
+        once()
+        return numbers
     finally:
         p.close()
 
@@ -241,13 +289,7 @@ def main(argv=None) -> int:
 
     page, entries = prepare(None)
     print(f"build_pdf: printing {len(entries)} pages of the book with {chromium}", flush=True)
-    pdf.write_bytes(print_pdf(chromium, page))
-    numbers = page_numbers(pdf, entries, skip=front_pages(pdf))
-    page, _ = prepare(numbers)
-    print(f"build_pdf: found {len(numbers)} of {len(entries)} entries; printing again with page "
-          "numbers in the contents", flush=True)
-    pdf.write_bytes(print_pdf(chromium, page))
-
+    print_book(chromium, page, pdf, entries)
     if html_copy.parent.is_dir():
         shutil.copyfile(pdf, html_copy)
     from pypdf import PdfReader
