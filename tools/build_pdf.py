@@ -114,13 +114,15 @@ def front_matter(page: str, numbers: dict[str, int] | None) -> tuple[str, list[d
                     f'<span class="dots"></span><span class="page">{num or "&#8199;&#8199;&#8199;"}'
                     f"</span></li>")
     cfg = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    title = html.escape(cfg.get("title", "The book"))
+    title, _, subtitle = (html.escape(cfg.get("title", "The book")) + ":").partition(":")
+    subtitle = subtitle.rstrip(":").strip()
     author = html.escape(cfg.get("author", ""))
     year = html.escape(str(cfg.get("copyright", "")))
-    front = (f'<section class="pdf-cover"><h1>{title}</h1><p>{author}, {year}</p>'
+    front = (f'<section class="pdf-cover"><p class="pdf-title">{title}</p>'
+             f'<p class="pdf-subtitle">{subtitle[:1].upper() + subtitle[1:]}</p><p>{author}, {year}</p>'
              '<p>An executable book with the physgrad PyTorch package. The interactive figures are '
              'printed in their initial state; their sliders work on the website.</p></section>'
-             f'<nav class="pdf-toc"><h1>Contents</h1><ol>{"".join(rows)}</ol></nav>')
+             f'<nav class="pdf-toc"><p class="pdf-toc-title">Contents</p><ol>{"".join(rows)}</ol></nav>')
     return front, entries
 
 
@@ -201,7 +203,7 @@ def print_book(chromium: str, page: Path, pdf: Path, entries: list[dict]) -> dic
             print(f"build_pdf:   printed after {time.time() - t0:.0f} s", flush=True)
 
         once()
-        numbers = page_numbers(pdf, entries, skip=front_pages(pdf))
+        numbers = page_numbers(pdf, entries)
         print(f"build_pdf:   found the page of {len(numbers)} of {len(entries)} contents entries; "
               "printing again with the numbers", flush=True)
         # the placeholders have the width of three digits, so the layout does not move
@@ -215,35 +217,34 @@ def print_book(chromium: str, page: Path, pdf: Path, entries: list[dict]) -> dic
         p.close()
 
 
-def page_numbers(pdf: Path, entries: list[dict], skip: int) -> dict[str, int]:
-    """The printed page number on which each entry's title first appears, searching pages in
-    order after the ``skip`` front pages and never going backwards."""
+def page_numbers(pdf: Path, entries: list[dict]) -> dict[str, int]:
+    """The page on which each contents entry starts, from the PDF's outline (Chromium makes one
+    bookmark per heading): entries are matched in order, by the start of their title."""
     from pypdf import PdfReader
 
     def norm(s: str) -> str:
         return re.sub(r"[^0-9a-z]+", "", s.lower())
 
-    texts = [norm(pg.extract_text() or "") for pg in PdfReader(str(pdf)).pages]
-    numbers, at = {}, skip
+    reader = PdfReader(str(pdf))
+    marks = []
+
+    def walk(items):
+        for it in items:
+            if isinstance(it, list):
+                walk(it)
+            else:
+                marks.append((norm(it.title), reader.get_destination_page_number(it) + 1))
+
+    walk(reader.outline)
+    numbers, at = {}, 0
     for e in entries:
-        key = norm(e["title"])[:24]  # a prefix: math in a heading extracts differently
-        for i in range(at, len(texts)):
-            if key and key in texts[i]:
-                numbers[e["doc"]] = i + 1
-                at = i
+        key = norm(e["title"])[:24]  # a prefix: math in a heading reads differently
+        for i in range(at, len(marks)):
+            if key and marks[i][0].startswith(key):
+                numbers[e["doc"]] = marks[i][1]
+                at = i + 1
                 break
     return numbers
-
-
-def front_pages(pdf: Path) -> int:
-    """How many pages the title page and contents take (up to the first chapter's page)."""
-    from pypdf import PdfReader
-
-    pages = PdfReader(str(pdf)).pages
-    for i, pg in enumerate(pages):
-        if i > 0 and "Contents" not in (pg.extract_text() or "")[:200]:
-            return i
-    return 1
 
 
 # What the PDF is made from (as tests/conftest.py's SOURCES, plus this script): when the PDF is
