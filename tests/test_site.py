@@ -472,7 +472,9 @@ PHONE_AUDIT_JS = r"""(() => {
   // caption starts with a number ("Fig. 2.1")
   const figs = [];
   const art = document.querySelector('article.bd-article') || document.body;
+  // (not icons: the module index's 9 px expand/collapse images)
   const items = [...art.querySelectorAll('img, .pgv')].filter(e => shown(e) &&
+    !(e.tagName === 'IMG' && e.getBoundingClientRect().width < 32) &&
     !e.closest('.cover-logo, .cover-hero, .navbar-brand, .bd-header, .bd-sidebar-primary') &&
     !(e.tagName === 'IMG' && e.classList.contains('cover-logo')));
   for (const e of items) {
