@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import yaml
@@ -223,7 +224,7 @@ def page_numbers(pdf: Path, entries: list[dict]) -> dict[str, int]:
     from pypdf import PdfReader
 
     def norm(s: str) -> str:
-        return re.sub(r"[^0-9a-z]+", "", s.lower())
+        return re.sub(r"[^0-9a-z]+", "", unicodedata.normalize("NFKC", s).lower())
 
     reader = PdfReader(str(pdf))
     marks = []
