@@ -13,6 +13,11 @@ Screenshots land in _build/screenshots/ (look at them: they show what a reader s
 """
 
 import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from devtools import DevToolsPage as _DevToolsPage  # noqa: E402
 
 OVERVIEW = "chapters/01-overview.html"
 COVER = "index.html"
@@ -56,178 +61,14 @@ def test_api_reference_rendered(site):
 COMPARISON = "notebooks/05-comparison.html"
 
 
-class DevToolsPage:
-    """One page of a headless Chromium, controlled over the DevTools protocol."""
+class DevToolsPage(_DevToolsPage):
+    """tools/devtools.py's page with the tests' offline flags; screenshots in _build/screenshots."""
 
     def __init__(self, chromium: str, size=(1280, 1600)):
-        import fcntl
-        import os
-        import subprocess
-        import tempfile
+        from conftest import CHROMIUM_FLAGS, SCREENSHOTS
 
-        from conftest import CHROMIUM_FLAGS
-
-        self._os = os
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-devtools-")
-        cmd_r, self._cmd_w = os.pipe()
-        self._reply_r, reply_w = os.pipe()
-
-        def pipes_to_fd3_fd4():  # in the child, before exec
-            a = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 10)
-            b = fcntl.fcntl(reply_w, fcntl.F_DUPFD, 10)
-            os.dup2(a, 3)
-            os.dup2(b, 4)
-            os.closerange(5, 4096)
-
-        self.proc = subprocess.Popen(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-pipe",
-             f"--window-size={size[0]},{size[1]}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=pipes_to_fd3_fd4, close_fds=False)
-        os.close(cmd_r)
-        os.close(reply_w)
-        self._buf, self._id, self.events, self.session = b"", 0, [], None
-        page = next(t for t in self.send("Target.getTargets")["targetInfos"] if t["type"] == "page")
-        attached = self.send("Target.attachToTarget", targetId=page["targetId"], flatten=True)
-        self.session = attached["sessionId"]
-        for domain in ("Page", "Runtime", "Network", "Log"):
-            self.send(f"{domain}.enable")
-
-    def _message(self, timeout: float) -> dict:
-        import json
-        import select
-        import time
-
-        deadline = time.monotonic() + timeout
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._reply_r], [], [], left)[0]:
-                raise TimeoutError("chromium did not answer over the DevTools pipe")
-            chunk = self._os.read(self._reply_r, 1 << 20)
-            assert chunk, f"chromium exited (rc={self.proc.poll()})"
-            self._buf += chunk
-        raw, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(raw)
-
-    def send(self, method: str, timeout: float = 60, **params):
-        import json
-
-        self._id += 1
-        msg = {"id": self._id, "method": method, "params": params}
-        if self.session and not method.startswith("Target."):
-            msg["sessionId"] = self.session
-        self._os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
-        while True:
-            reply = self._message(timeout)
-            if reply.get("id") == self._id:
-                assert "error" not in reply, f"{method}: {reply['error']}"
-                return reply.get("result", {})
-            self.events.append(reply)
-
-    def goto(self, url: str, timeout: float = 60):
-        self.events = []  # events of an earlier page must not count for this one
-        self.send("Page.navigate", url=url)
-        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
-            self.events.append(self._message(timeout))
-
-    def js(self, expression: str):
-        r = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        assert "exceptionDetails" not in r, f"JavaScript failed: {r['exceptionDetails']}"
-        return r["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 30) -> bool:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.js(expression):
-                return True
-            time.sleep(0.2)
-        return False
-
-    def click(self, x: float, y: float):
-        for kind in ("mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
-
-    def screenshot(self, name: str, clip: dict = None, beyond_viewport: bool = True):
-        """Save a PNG to _build/screenshots/<name>.png: the ``clip`` rectangle (page
-        coordinates) or, with ``beyond_viewport=False`` and no clip, what the viewport shows."""
-        import base64
-
-        from conftest import SCREENSHOTS
-
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        params = {"format": "png", "captureBeyondViewport": beyond_viewport}
-        if clip:
-            params["clip"] = dict(clip, scale=1)
-        out = SCREENSHOTS / f"{name}.png"
-        out.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", **params)["data"]))
-        return out
-
-    def emulate_phone(self, width: int = 390, height: int = 844, scale: float = 2):
-        """A phone's viewport: mobile layout, device-pixel ratio ``scale``, touch input."""
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=scale, mobile=True)
-        self.send("Emulation.setTouchEmulationEnabled", enabled=True, maxTouchPoints=1)
-
-    def tap(self, x: float, y: float):
-        """A finger tap (touch start and end) at viewport coordinates."""
-        for kind, points in (("touchStart", [{"x": x, "y": y}]), ("touchEnd", [])):
-            self.send("Input.dispatchTouchEvent", type=kind, touchPoints=points)
-
-    def settle(self, timeout: float = 30):
-        """Wait until MathJax (if the page loads it) has typeset the page, then a moment more
-        for late requests (widget manager, fonts)."""
-        import time
-
-        self.js("window.MathJax && MathJax.startup && MathJax.startup.promise ?"
-                " MathJax.startup.promise.then(() => true) : true")
-        time.sleep(0.3)
-        self.wait_for("document.readyState === 'complete'", timeout)
-
-    def problems(self) -> list:
-        """Console errors, uncaught exceptions and failed requests (404s, unreachable files,
-        blocked off-site requests) of the current page, as readable strings."""
-        out = []
-        failed_ids = set()
-        urls = {e["params"]["requestId"]: e["params"]["request"]["url"] for e in self.events
-                if e.get("method") == "Network.requestWillBeSent"}
-        for e in self.events:
-            m, p = e.get("method"), e.get("params", {})
-            if m == "Runtime.exceptionThrown":
-                d = p["exceptionDetails"]
-                out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
-            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console.error: " + " ".join(
-                    str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
-            elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
-                if p["entry"].get("networkRequestId") in failed_ids:
-                    continue
-                out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
-            elif m == "Network.loadingFailed":
-                failed_ids.add(p["requestId"])
-                out.append(f"failed request: {urls.get(p['requestId'], '?')} ({p.get('errorText')})")
-            elif m == "Network.responseReceived" and p["response"].get("status", 200) >= 400:
-                failed_ids.add(p["requestId"])
-                out.append(f"HTTP {p['response']['status']}: {p['response']['url']}")
-        return out
-
-    def requested_urls(self) -> list:
-        return [e["params"]["request"]["url"] for e in self.events
-                if e.get("method") == "Network.requestWillBeSent"]
-
-    def close(self):
-        import subprocess
-
-        try:
-            self.send("Browser.close", timeout=10)
-            self.proc.wait(timeout=10)
-        except (AssertionError, TimeoutError, OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        self._os.close(self._cmd_w)
-        self._os.close(self._reply_r)
-        self._profile.cleanup()
+        super().__init__(chromium, size=size, flags=CHROMIUM_FLAGS)
+        self.screenshot_dir = SCREENSHOTS
 
 
 def test_comparison_page_math(site):
@@ -584,3 +425,100 @@ def test_phone_tables_scroll_inside_their_box(site):
                 page.screenshot("after-phone-ch7-gpu-table", beyond_viewport=False)
     finally:
         page.close()
+
+
+# --- every page on a phone (issue 23, "Done means") ------------------------------------------------
+# Run in each page at 390×844: what reaches past the right edge of the screen (after clipping by
+# any scrolling or clipping box around it), each slider figure's chart and legends, and each
+# figure's number and caption.
+PHONE_AUDIT_JS = r"""(() => {
+  const W = document.documentElement.clientWidth;
+  const shown = e => { const s = getComputedStyle(e);
+    return s.display !== 'none' && s.visibility !== 'hidden' && parseFloat(s.opacity) > 0; };
+  const label = e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+    (typeof e.className === 'string' && e.className ? '.' + e.className.trim().split(/\s+/).slice(0, 2).join('.') : '');
+  // the right edge of what is visible of e: clipped by every ancestor that clips or scrolls
+  const visibleRight = e => { let r = e.getBoundingClientRect().right;
+    for (let a = e.parentElement; a && a !== document.documentElement; a = a.parentElement) {
+      const s = getComputedStyle(a);
+      if (s.overflowX !== 'visible') r = Math.min(r, a.getBoundingClientRect().right);
+      if (s.position === 'fixed') break; }
+    return r; };
+  const wide = [];
+  for (const e of document.body.querySelectorAll('*')) {
+    const b = e.getBoundingClientRect();
+    if (b.width === 0 || b.height === 0 || b.right <= W + 1) continue;
+    if (!shown(e)) continue;
+    if (visibleRight(e) > W + 1) wide.push(label(e) + ' to ' + Math.round(b.right) + ' px');
+  }
+  // slider figures: the whole chart (its legends are drawn inside the canvas) is on screen and
+  // not cut by its box, and every legend of the Vega scenegraph lies inside the canvas
+  const sliders = [];
+  for (const f of document.querySelectorAll('.pgv')) {
+    const id = f.id, c = f.querySelector('canvas');
+    if (f.getAttribute('data-ready') !== '1' || !c) { sliders.push(id + ': not drawn'); continue; }
+    const b = c.getBoundingClientRect(), fb = f.getBoundingClientRect();
+    if (b.left < -1 || b.right > Math.min(W, fb.right) + 1)
+      sliders.push(id + ': chart ' + Math.round(b.left) + '..' + Math.round(b.right) +
+                   ' px in a box ending at ' + Math.round(Math.min(W, fb.right)) + ' px');
+    const view = (window.physgradViews || {})[id];
+    if (view) {
+      const origin = (view._origin || [0, 0])[0], cw = c.clientWidth;
+      const walk = (mark, ox) => { for (const it of mark.items || []) {
+        if (mark.role === 'legend' && it.bounds && ox + it.bounds.x2 > cw + 2)
+          sliders.push(id + ': a legend ends at ' + Math.round(ox + it.bounds.x2) + ' px of ' + cw);
+        for (const m of it.items || []) walk(m, ox + (it.x || 0)); } };
+      walk(view.scenegraph().root, origin);
+    }
+  }
+  // figures: every image of the article, and every slider figure, sits in a <figure> whose
+  // caption starts with a number ("Fig. 2.1")
+  const figs = [];
+  const art = document.querySelector('article.bd-article') || document.body;
+  // (not icons: the module index's 9 px expand/collapse images)
+  const items = [...art.querySelectorAll('img, .pgv')].filter(e => shown(e) &&
+    !(e.tagName === 'IMG' && e.getBoundingClientRect().width < 32) &&
+    !e.closest('.cover-logo, .cover-hero, .navbar-brand, .bd-header, .bd-sidebar-primary') &&
+    !(e.tagName === 'IMG' && e.classList.contains('cover-logo')));
+  for (const e of items) {
+    const fig = e.closest('figure');
+    const cap = fig && fig.querySelector('figcaption');
+    const num = cap && cap.querySelector('.caption-number');
+    const text = cap ? cap.textContent.replace(/^\s*Fig\.\s*[\d.]+\s*/, '').trim() : '';
+    if (!num || !/\d/.test(num.textContent) || text.length < 10)
+      figs.push((e.tagName === 'IMG' ? 'img ' + (e.getAttribute('alt') || e.getAttribute('src') || '').slice(0, 60)
+                 : 'slider figure ' + e.id) + (fig ? (num ? ': caption too short' : ': no number') : ': no figure'));
+  }
+  return {width: document.documentElement.scrollWidth, W, wide: wide.slice(0, 8), nwide: wide.length,
+          sliders, figs};
+})()"""
+
+
+def test_every_page_fits_a_phone_with_numbered_captioned_figures(site):
+    """At 390×844, on EVERY built page: no element reaches past the right edge of the screen
+    (content that scrolls inside its own box is fine), every slider figure's chart and legends
+    are fully visible, and every figure (image or slider figure) has a number and a caption."""
+    page = DevToolsPage(site.chromium, size=(390, 844))
+    failures = {}
+    try:
+        page.emulate_phone()
+        for url in _pages(site):
+            page.goto(site.url(url))
+            page.settle()
+            if page.js("document.querySelector('.pgv') !== null"):
+                page.wait_for("[...document.querySelectorAll('.pgv')].every(e => "
+                              "e.getAttribute('data-ready') === '1')", 30)
+            r = page.js(PHONE_AUDIT_JS)
+            problems = []
+            if r["width"] > r["W"] + 1:
+                problems.append(f"the page is {r['width']} px wide on a {r['W']} px screen")
+            if r["nwide"]:
+                problems.append(f"{r['nwide']} elements reach past the screen, e.g. {r['wide']}")
+            problems += [f"slider figure: {s}" for s in r["sliders"]]
+            problems += [f"figure: {s}" for s in r["figs"]]
+            if problems:
+                failures[url] = problems
+    finally:
+        page.close()
+    report = "\n".join(f"{u}:\n  " + "\n  ".join(p) for u, p in failures.items())
+    assert not failures, f"{len(failures)} pages fail on a 390×844 phone:\n{report}"
