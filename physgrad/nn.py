@@ -695,7 +695,7 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
     if method in ("gn", "hig", "lm"):
         p = sum(q.numel() for _, q in _trainable(model))
         _check_budget(bs, y1[0].numel(), p, next(model.parameters()).dtype, max_jacobian_bytes)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text: no widget manager needed on the website
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)

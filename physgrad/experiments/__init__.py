@@ -29,7 +29,7 @@ NAMES = ("two-outputs", "oscillators", "coupling", "heat")
 
 
 def machine_info() -> dict:
-    """CPU model, core count, torch threads, package versions and the date (UTC)."""
+    """CPU model, core count, torch threads, package versions, load average and the date (UTC)."""
     import numpy
     import torch
 
@@ -39,6 +39,10 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    try:
+        info["load_avg_1_5_15"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
