@@ -117,11 +117,12 @@ def loss_at(res, budget: float) -> float:
 
 def bench(full: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """``python -m physgrad.bench nn-oscillators [--full]``: the pbdl-book notebook's setting
-    (:func:`run_published`) for Adam, GN and HIG with the step budgets :data:`BENCH_STEPS` (full; a
-    third of the reference's :data:`PUBLISHED_STEPS`) or a twentieth of them (quick). Rows: final training loss (over the 4096 training states, the notebook's metric)
-    and test loss (256 held-out states) per method, the ratios Adam/HIG and GN/HIG, and a budget
-    ladder (training loss after 6, 25, 100 and 300 s of each run's wall time, where it lasted that long). ``curves`` holds the
-    training-loss curves against steps and seconds."""
+    (:func:`run_published`) for Adam, GN and HIG with the step budgets :data:`BENCH_STEPS` (full;
+    about a third of the reference's :data:`PUBLISHED_STEPS`) or a twentieth of them (quick).
+    Rows: final training loss (over the 4096 training states, the notebook's metric) and test
+    loss (256 held-out states) per method, the ratios Adam/HIG and GN/HIG, and a budget ladder
+    (training loss after 6, 25, 100 and 300 s of each run's wall time, where the run lasted that
+    long). ``curves`` holds the training-loss curves against steps and seconds."""
     import os
     import time
 
