@@ -189,8 +189,9 @@ def stacked_jacobian(model: torch.nn.Module, inputs: Tensor, physics: Callable,
     r"""Per-sample Jacobians of the simulator outputs w.r.t. all weights, stacked.
 
     Returns ``(J, y)`` with ``J`` of shape ``(B*m, p)``: rows ``b*m .. b*m+m-1`` hold
-    :math:`\partial P(f_\theta(c_b)) / \partial \theta` (the trainable weights, ``requires_grad=True``,
-    flattened in the order of ``model.named_parameters()``; frozen ones are held fixed), and ``y`` the stacked outputs ``(B*m,)``. Computed with
+    :math:`\partial P(f_\theta(c_b)) / \partial \theta` (the trainable weights,
+    ``requires_grad=True``, flattened in the order of ``model.named_parameters()``; frozen ones are
+    held fixed), and ``y`` the stacked outputs ``(B*m,)``. Computed with
     ``torch.func.functional_call`` + ``vmap(jacrev(.))`` over the batch.
 
     Memory: ``B*m*p*itemsize`` bytes for ``J`` (checked against ``max_jacobian_bytes`` before

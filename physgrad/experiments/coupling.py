@@ -213,11 +213,12 @@ def bench(full: bool = False, seed: int = 0, progress: bool = True) -> dict:
                             **common))
     i0, i45 = len(XIS) + 0, len(XIS) + 4  # ξ = 32 at φ = 0 and φ = π/4
     for method in ("adam", "sgd", "sip"):
-        den = at[method][i0].item()
+        den, num = at[method][i0].item(), at[method][i45].item()
+        ok = math.isfinite(den) and math.isfinite(num) and den > 0  # NaN: a seed diverged
         rows.append(row("coupling", "xi=32, rotated (phi=pi/4) / aligned (phi=0)", f"{method} rotated/aligned",
-                        f"loss_at_step_{METRIC_STEP}_ratio",
-                        at[method][i45].item() / den if den > 0 else None, None, source=src,
-                        denominator=den, numerator=at[method][i45].item()))
+                        f"loss_at_step_{METRIC_STEP}_ratio", num / den if ok else None, None, source=src,
+                        denominator=den if math.isfinite(den) else None,
+                        numerator=num if math.isfinite(num) else None))
     return {"config": {"steps": steps, "seeds": seeds, "hidden": 16, "metric_step": METRIC_STEP,
                        "level": LEVEL,
                        "optimizers": {k: [v[0].__name__, v[1]] for k, v in OPTIMIZERS.items()}},
