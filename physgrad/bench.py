@@ -58,15 +58,11 @@ sizes, see :func:`scaling`), ``nn-heat`` (chapter 8).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
 import json
 import math
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 
@@ -123,77 +119,8 @@ def make_case(name: str, device=None, dtype=torch.float64, n=None):
 
 
 # ---------------------------------------------------------------------------- machine and threads
-def _blas_pools():
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
-    return [{"api": d.get("internal_api"), "threads": d.get("num_threads"),
-             "library": os.path.basename(d.get("filepath", ""))} for d in threadpoolctl.threadpool_info()]
-
-
-@contextlib.contextmanager
-def pinned_threads(threads: int):
-    """Run the body with torch on ``threads`` threads and every BLAS/OpenMP pool that is loaded
-    limited to ``threads`` (threadpoolctl; without it the environment variables set by
-    :func:`main` are all there is)."""
-    t0 = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        import numpy  # noqa: F401  (load the BLAS pools that scipy's L-BFGS-B will use)
-        import scipy.optimize  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        from threadpoolctl import threadpool_limits
-        ctx = threadpool_limits(limits=threads)
-    except ImportError:
-        ctx = contextlib.nullcontext()
-    try:
-        with ctx:
-            yield
-    finally:
-        torch.set_num_threads(t0)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device="cpu") -> dict:
-    """CPU model, cores, load average, threads (torch, BLAS), package versions, date, git commit."""
-    vers = {"python": platform.python_version(), "torch": torch.__version__}
-    for mod in ("numpy", "scipy", "threadpoolctl"):
-        try:
-            vers[mod] = __import__(mod).__version__
-        except ImportError:
-            vers[mod] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "load_avg_1_5_15": load, "torch_threads": torch.get_num_threads(), "blas_pools": _blas_pools(),
-            "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                           "MKL_NUM_THREADS")},
-            "versions": vers, "git_commit": commit,
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": str(device)}
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+# (one probe for every benchmark and experiment: physgrad.machine)
+from .machine import blas_pools as _blas_pools, machine_info, parse_choices, pinned_threads  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------- timing helpers
@@ -590,7 +517,7 @@ def _main_nn(name, argv):
     ``results/nn-<name>.json`` (machine info, config, result rows) and prints it."""
     import importlib
 
-    from .experiments import write_results
+    from .machine import write_results
 
     ap = argparse.ArgumentParser(prog=f"python -m physgrad.bench nn-{name}", description=_main_nn.__doc__)
     ap.add_argument("--full", action="store_true", help="the published size (minutes); default: CI size")
@@ -672,15 +599,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     with pinned_threads(args.threads):
         return _main(args, ap)
-
-
-def parse_choices(ap, what: str, text: str, allowed) -> list:
-    """The comma-separated names in ``text``; ``ap.error`` (exit 2) on a name not in ``allowed``."""
-    names = [t for t in text.split(",") if t]
-    for t in names:
-        if t not in allowed:
-            ap.error(f"unknown {what} {t!r}; choose from {allowed}")
-    return names
 
 
 def _main(args, ap):

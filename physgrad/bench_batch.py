@@ -28,15 +28,15 @@ include ``B = 16384``); ``--dtype float32`` is supported.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
+
+from .machine import machine_info, parse_choices
 
 __all__ = ["main", "run"]
 
@@ -100,18 +100,6 @@ def _time_loop(single, X0, method, count, device):
           for b in range(count)]
     _sync(device)
     return time.perf_counter() - t, torch.stack(xs)
-
-
-def machine_info(device=None) -> dict:
-    """:func:`physgrad.bench.machine_info` (CPU, cores, load, threads, BLAS pools, versions, git
-    commit), plus ``date`` and the physgrad version."""
-    from . import __version__
-    from .bench import machine_info as _bench_machine_info
-
-    info = _bench_machine_info("cpu" if device is None else str(device))
-    info["date"] = info["date_utc"]
-    info["versions"]["physgrad"] = __version__
-    return info
 
 
 def run(cases, methods, sizes, repeats=3, loop_max=32, device=None, dtype=torch.float64, n=32, log=print):
@@ -195,7 +183,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda requested but torch.cuda.is_available() is False")
-    from .bench import parse_choices
 
     cases = parse_choices(ap, "case", args.cases, CASES)
     methods = parse_choices(ap, "method", args.methods, METHODS)
@@ -219,7 +206,7 @@ def main(argv=None):
     try:
         rows = run(cases, methods, sizes, repeats=repeats, loop_max=loop_max, device=args.device, dtype=dtype,
                    n=args.n, log=lambda s: print(s, file=sys.stderr))
-        machine = machine_info(args.device)
+        machine = machine_info("cpu" if args.device is None else args.device)
     finally:
         torch.set_num_threads(threads0)
         if limiter is not None:

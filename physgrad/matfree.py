@@ -187,9 +187,9 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
             "method": method, "stop": "rhs is zero", "threshold": thr}
     if bnorm == 0:
         return torch.zeros_like(x), info
-    if jvp_mode == "rev":
+    if jvp_mode == "rev" and getattr(prob, "simulator", None) is None:
         jv, vj = _linearized_products(prob, x, rhs)
-    else:
+    else:  # forward mode, or user-supplied jvp/vjp (physgrad.external): Problem.jvp / Problem.vjp
         def jv(v):
             return prob.jvp(x, v)
 

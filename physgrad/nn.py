@@ -122,12 +122,16 @@ def _trainable(model: torch.nn.Module):
 
 
 def _check_data(model: torch.nn.Module, physics: Callable, inputs: Tensor, targets: Tensor,
-                condition: Optional[Tensor] = None, per_sample: bool = False) -> Tensor:
+                condition: Optional[Tensor] = None, per_sample: bool = False,
+                check_dtype: bool = True, forward: bool = True) -> Optional[Tensor]:
     """The entrance checks of :func:`train` and of every optimizer object's ``step``: the same
     number of samples in ``inputs``, ``targets`` (and ``condition``), finite data, the model's
     dtype, targets shaped like the simulator's output per sample, and (``per_sample=True``, the
-    stacked-Jacobian methods) no batch-statistics layers. Raises a clear error naming the cause;
-    returns the simulator's output for the first sample."""
+    stacked-Jacobian methods) no batch-statistics layers. ``check_dtype=False`` accepts inputs of
+    another dtype (a model that converts them itself). With ``forward=True`` one sample is run
+    through the model and the simulator to check the output shape, which is returned; the
+    optimizer objects pass ``forward=False`` and check the output they compute anyway
+    (:func:`_check_out`), so that no extra forward touches e.g. batch-norm statistics."""
     if inputs.shape[0] != targets.shape[0]:
         raise ShapeError(f"inputs and targets need the same batch size, got {inputs.shape[0]} and {targets.shape[0]}")
     if condition is not None and condition.shape[0] != inputs.shape[0]:
@@ -138,7 +142,7 @@ def _check_data(model: torch.nn.Module, physics: Callable, inputs: Tensor, targe
         if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise NonFiniteError(f"{name} contain NaN or Inf; clean the data before training")
     params = [q for q in model.parameters() if q.is_floating_point()]
-    if params and inputs.is_floating_point() and inputs.dtype != params[0].dtype:
+    if check_dtype and params and inputs.is_floating_point() and inputs.dtype != params[0].dtype:
         raise TypeError(f"the model's parameters are {params[0].dtype} but the inputs are {inputs.dtype}: "
                         f"convert one of them, e.g. model.to({inputs.dtype}) or inputs.to({params[0].dtype})")
     if per_sample:
@@ -147,14 +151,22 @@ def _check_data(model: torch.nn.Module, physics: Callable, inputs: Tensor, targe
                 raise ValueError(f"the model has a batch-statistics layer ({type(mod).__name__}) in training "
                                  "mode; per-sample Jacobians (gn, hig) see one sample at a time. Use "
                                  "model.eval() for that layer, or LayerNorm/GroupNorm instead")
+    if not forward:
+        return None
     with torch.no_grad():
         y1 = _call(physics, model(inputs[:1]), None if condition is None else condition[:1])
-    if not isinstance(y1, Tensor):
-        raise TypeError(f"physics must return a torch.Tensor, got {type(y1).__name__}")
-    if tuple(y1.shape[1:]) != tuple(targets.shape[1:]):
-        raise ShapeError(f"physics returns samples of shape {tuple(y1.shape[1:])}, but the targets have "
-                         f"shape {tuple(targets.shape[1:])} per sample")
+    _check_out(y1, targets)
     return y1
+
+
+def _check_out(y, targets) -> None:
+    """The simulator's output must have the targets' per-sample shape (else a raw torch error, or
+    worse, a silent broadcast in the loss)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"physics must return a torch.Tensor, got {type(y).__name__}")
+    if tuple(y.shape[1:]) != tuple(targets.shape[1:]):
+        raise ShapeError(f"physics returns samples of shape {tuple(y.shape[1:])}, but the targets have "
+                         f"shape {tuple(targets.shape[1:])} per sample")
 
 
 def jacobian_bytes(batch: int, out_per_sample: int, n_params: int, dtype=torch.float64) -> int:
@@ -285,6 +297,7 @@ def sip_loss(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: C
 def physics_loss(model, inputs, targets, physics, condition=None) -> Tensor:
     """Mean over the batch of ``1/2 ||P(f(c_b)) - y*_b||^2``."""
     y = _call(physics, model(inputs), condition)
+    _check_out(y, targets)
     return 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean()
 
 
@@ -301,8 +314,8 @@ class Step:
     (a float). ``last_train_loss`` holds the loss the method actually minimised in that step.
 
     ``step`` first checks the batch as :func:`train` checks its data (batch sizes, finite values,
-    dtype, the targets' per-sample shape; for :class:`HIG`/:class:`GN` no batch-statistics
-    layers) and raises a clear error; only weights with ``requires_grad=True`` are updated."""
+    the targets' per-sample shape; for :class:`HIG`/:class:`GN`/:class:`LM` also the dtype and no
+    batch-statistics layers) and raises a clear error; only weights with ``requires_grad=True`` are updated."""
 
     per_sample = False  # True for the stacked-Jacobian methods
 
@@ -312,7 +325,9 @@ class Step:
         _trainable(model)
 
     def step(self, inputs: Tensor, targets: Tensor, condition: Optional[Tensor] = None, **kw) -> float:
-        _check_data(self.model, self.physics, inputs, targets, condition, self.per_sample)
+        # the dtype is checked where the per-sample Jacobian needs it; DP/SIP models may convert
+        _check_data(self.model, self.physics, inputs, targets, condition, self.per_sample,
+                    check_dtype=self.per_sample, forward=False)
         return self._step(inputs, targets, condition, **kw)
 
     def _step(self, inputs: Tensor, targets: Tensor, condition: Optional[Tensor] = None) -> float:
@@ -349,6 +364,7 @@ def _proxy_step(stepper, inputs, targets, condition, proxy_target) -> float:
     x = stepper.model(inputs)
     with torch.no_grad():
         y = _call(stepper.physics, x, condition)
+        _check_out(y, targets)
         lp = 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean().item()
     xt = proxy_target(x, y)
     L = 0.5 * (x - xt).pow(2).reshape(x.shape[0], -1).sum(1).mean()
@@ -434,6 +450,9 @@ class HIG(Step):
             raise NonFiniteError(f"{name}: the stacked Jacobian is not finite; the simulator diverged "
                                  "for some sample (check its inputs and the step size).")
         B = inputs.shape[0]
+        if y.numel() != targets.numel():
+            raise ShapeError(f"physics returns {y.numel() // B} values per sample, but the targets have "
+                             f"shape {tuple(targets.shape[1:])} per sample")
         r = y - targets.reshape(-1)
         L0 = 0.5 * r.pow(2).sum().item() / B
         d = inverted_step(J, self.residual_scale * r, self.lr, self.kappa, self.truncation)
@@ -495,6 +514,9 @@ class LM(HIG):
         if not bool(torch.isfinite(J).all()):
             raise NonFiniteError("LM: the stacked Jacobian is not finite; the simulator diverged for some sample.")
         B = inputs.shape[0]
+        if y.numel() != targets.numel():
+            raise ShapeError(f"physics returns {y.numel() // B} values per sample, but the targets have "
+                             f"shape {tuple(targets.shape[1:])} per sample")
         r = y - targets.reshape(-1)
         L0 = 0.5 * r.pow(2).sum().item() / B
         scale = J.pow(2).sum(0)

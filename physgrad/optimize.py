@@ -234,7 +234,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
              atol: Optional[float] = None, gtol: Optional[float] = None, xtol: Optional[float] = None,
              callback: Optional[Callable] = None, progress: Optional[bool] = None,
              time_budget: Optional[float] = None, on_nonfinite: str = "raise",
-             keep_xs: bool = True, state=None, **options) -> Result:
+             keep_xs: bool = True, state=None, bounds=None, x_scale=None, check_derivatives: bool = False,
+             **options) -> Result:
     r"""Minimize ``L(x) = ½||P(x) − y*||²`` with one of the book's updates.
 
     Parameters
@@ -301,7 +302,20 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     ``rcond·σ_max``) or ``damping`` (Levenberg–Marquardt / Tikhonov, ``"auto"`` adapts it);
     ``hig`` through ``truncation``; ``newton`` through ``rcond`` with ``fallback="pinv"``. Every
     method can stop early at the noise level with ``atol`` (discrepancy principle).
+
+    Entrance (``bounds``, ``x_scale``, ``check_derivatives``): ``bounds=(lo, hi)`` and
+    ``x_scale`` (an array or ``"jac"``) run the method on a reparametrized problem and map the
+    result back (:mod:`physgrad.bounds`). Before step 1 a cheap check rejects a forward that
+    cuts x out of the autograd graph or writes into its argument, and user-supplied derivatives
+    that do not cover the method; ``check_derivatives=True`` also compares a random ``J v``
+    with a finite difference (:meth:`physgrad.problem.Problem.check_entrance`). The callback
+    receives a copy of x.
     """
+    if bounds is not None or x_scale is not None:  # physgrad.bounds: solve in z with x = T(z), map back
+        args = dict(locals())
+        args.update(args.pop("options"))
+        from .bounds import optimize_transformed
+        return optimize_transformed(optimize, **args)
     if getattr(problem, "batched", False):  # B independent samples: physgrad.batched
         from . import batched
         unsupported = [k for k, v in (("atol", atol), ("gtol", gtol), ("xtol", xtol), ("state", state))
@@ -351,6 +365,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         raise TypeError("x0 is on the 'meta' device, which holds no data: optimization needs real values. "
                         "Create x0 on 'cpu' or 'cuda'.")
     x = problem.check_x(x0, "x0").detach().clone()
+    if callback is not None:  # a copy: the callback must not be able to change the iterate
+        callback = functools.partial(_call_with_copy, callback)
     state_kw = {k: options.pop(k) for k in list(options) if _STATE_OPTIONS.get(k) == method}
     state = _make_state(method, options, state_kw, state)
     kw = dict(options)
@@ -359,6 +375,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     reuse_y = method == "pg"  # pg takes P(x_k) from the loss evaluation of the previous step
 
     with count_calls() as counts:
+        problem.check_entrance(x, method, options, check_derivatives)  # a broken forward, before step 1
         y = problem.simulate(x)  # also checks the shape of P(x) against y*
         _check_dtypes(problem, method, x, y)
         L = problem.loss_of_output(y).detach()
@@ -470,6 +487,10 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         message += (f"; the Hessian was not positive definite at {nmod} step(s) and was modified to give a "
                     "descent direction")
     return run.result(x, message, status)
+
+
+def _call_with_copy(callback, k, x, L):
+    return callback(k, x.clone(), L)
 
 
 def _check_options(fn, method, options):

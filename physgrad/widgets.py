@@ -21,8 +21,8 @@ kernel never lags behind the mouse.
 On the static website there is no kernel: the sliders saved with the page would be a frozen
 snapshot that does nothing, so the book hides the Explorer's output there (cell tag
 ``remove-output``) and shows a kernel-free figure instead: ``physgrad.interactive`` computes
-the runs over a grid of slider values with the same :func:`run_method` and the same problem
-factory, and the browser draws them with vendored Vega-Lite. :meth:`Explorer.animation` (a
+the runs over a grid of slider values with the same :func:`physgrad.runs.run_method` and the
+same problem factory, and the browser draws them with vendored Vega-Lite. :meth:`Explorer.animation` (a
 ``to_jshtml`` player over one sweep) remains for notebooks outside the book.
 
 The computing logic needs no browser: ``ex.set(c=10, eta={"gd": 1e-3})`` recomputes and
@@ -48,22 +48,21 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullLocator
 
-from .errors import PhysgradError
-from .optimize import METHODS, optimize
 from .plotting import METHOD_LABELS, color
 from .problem import Problem
+from .runs import (LOSS_FLOOR, METHOD_FACTS, Run, RunCache, learning_rate, loss_grid,  # noqa: F401
+                   max_stable_step, run_method, y_path)
 
-__all__ = ["Explorer", "AnimationHTML", "Run", "run_method", "max_stable_step", "offline_jshtml"]
+# ``Run``, ``run_method``, ``max_stable_step`` and ``LOSS_FLOOR`` live in :mod:`physgrad.runs` and
+# stay importable from here for older notebooks.
+__all__ = ["Explorer", "AnimationHTML", "offline_jshtml"]
 
 Tensor = torch.Tensor
 
-#: methods whose step size is a learning rate (needs a wide, problem-dependent range)
-_LEARNING_RATE_METHODS = ("gd", "adam")
-#: default η slider ranges
+#: default η slider ranges: a learning rate (its right value depends on the units), and a
+#: fraction of the way to the target
 LEARNING_RATE_RANGE = (1e-8, 1e2)
 FRACTION_RANGE = (1e-2, 2.0)
-#: floor of the relative-loss axis (exact zeros cannot be drawn on a log axis)
-LOSS_FLOOR = 1e-16
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -72,55 +71,6 @@ def _np(t: Tensor) -> np.ndarray:
 
 def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
-
-
-class Run:
-    """A possibly truncated run, as the explorer draws it: ``xs`` the iterates (x0 first),
-    ``losses`` the loss at each, ``message`` why it ended, ``ok`` false when it diverged or
-    failed, ``final`` true when it ended before its step limit (diverged, failed, converged),
-    so that running it longer gives nothing new."""
-
-    def __init__(self, xs: Tensor, losses: Tensor, message: str, ok: bool, final: bool = False):
-        self.xs, self.losses, self.message, self.ok, self.final = xs, losses, message, ok, final
-
-    @property
-    def nit(self) -> int:
-        return len(self.losses) - 1
-
-    def prefix(self, steps: int) -> "Run":
-        if steps >= self.nit:
-            return self
-        return Run(self.xs[: steps + 1], self.losses[: steps + 1], f"reached the step limit ({steps})", True)
-
-    def extend(self, more: "Run") -> "Run":
-        msg = more.message
-        m = re.match(r"step (\d+):(.*)", msg, re.S)
-        if m:  # renumber the continuation's steps
-            msg = f"step {int(m.group(1)) + self.nit}:{m.group(2)}"
-        elif msg.startswith("reached the step limit"):
-            msg = f"reached the step limit ({self.nit + more.nit})"
-        return Run(torch.cat([self.xs, more.xs[1:]]), torch.cat([self.losses, more.losses[1:]]),
-                    msg, more.ok, more.final)
-
-
-def run_method(prob: Problem, x0: Tensor, method: str, steps: int, step_size: float,
-               **options) -> Run:
-    """:func:`physgrad.optimize` with divergence and failures turned into a truncated run.
-
-    A non-finite update or loss ends the run (``on_nonfinite="stop"``); any other
-    :class:`~physgrad.errors.PhysgradError` raised in step ``k`` (e.g. a local inverse asked for
-    a ``y`` outside the range of ``P``, or a singular Hessian) keeps the iterates before it and
-    reports the error as the run's message."""
-    try:
-        res = optimize(prob, x0, method, steps, step_size, on_nonfinite="stop", keep_xs=True, **options)
-    except PhysgradError as e:
-        part = getattr(e, "result", None)  # optimize attaches the trajectory up to the failing step
-        if part is None:  # raised before the first step (bad x0, shape mismatch): not a run at all
-            raise
-        msg = f"step {part.nit + 1}: {type(e).__name__}: {e}"
-        return Run(part.xs, part.losses, msg, False, True)
-    ok = "diverged" not in res.message
-    return Run(res.xs, res.losses, res.message, ok, res.nit < steps)
 
 
 class Explorer:
@@ -174,9 +124,9 @@ class Explorer:
                  y_names: Sequence[str] = ("$y_1$", "$y_2$"), figsize: Sequence[float] = (12.0, 3.7),
                  dpi: int = 80, grid: int = 90, continuous_update: bool = False, widgets: bool = True):
         methods = dict({"gd": 0.01, "newton": 0.5, "ig": 0.5, "pg": 0.5} if methods is None else methods)
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in METHOD_FACTS]
         if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_FACTS)}")
         if x0 is None:
             raise ValueError("x0 (the start of every run) is required")
         if not (c_range[0] > 0 and c_range[1] > c_range[0]):
@@ -192,7 +142,7 @@ class Explorer:
         self.x_names, self.y_names = tuple(x_names), tuple(y_names)
         self.dpi, self.grid = int(dpi), int(grid)
         self.eta_range = {m: tuple((eta_range or {}).get(
-            m, LEARNING_RATE_RANGE if m in _LEARNING_RATE_METHODS else FRACTION_RANGE)) for m in self.methods}
+            m, LEARNING_RATE_RANGE if learning_rate(m) else FRACTION_RANGE)) for m in self.methods}
 
         # state
         self.c = float(c)
@@ -209,7 +159,7 @@ class Explorer:
                              f"this one has {self.n} and {self.m}")
 
         self.runs: Dict[str, Run] = {}
-        self._run_cache: "OrderedDict[tuple, Run]" = OrderedDict()
+        self._run_cache = RunCache(maxsize=256)
         self._grid_cache: "OrderedDict[float, tuple]" = OrderedDict()
         self._drawn_c: Optional[float] = None
         self._contours = None
@@ -265,59 +215,21 @@ class Explorer:
 
     # ------------------------------------------------------------------ computing
     def _run(self, method: str) -> Run:
-        """The run of ``method`` at the current state. Runs are cached per ``(method, c, η)``; a
-        shorter run is a prefix of a longer one, so the steps slider slices a cached run, and
-        extends it by continuing from its last iterate for the methods without internal state
-        (``x_{k+1} = x_k + Δx(x_k)``; Adam, BFGS and adaptive damping are recomputed)."""
-        key = (method, self.c, self.eta[method], tuple(sorted(self.options[method].items(), key=str)))
-        run = self._run_cache.get(key)
-        steps = self.steps
-        if run is not None and (run.nit >= steps or run.final):
-            return run.prefix(steps)
-        prob = self.problem
-        stateless = method in ("gd", "newton", "pg", "hig") or (
-            method == "ig" and self.options[method].get("damping") != "auto")
-        if run is not None and stateless:
-            more = run_method(prob, run.xs[-1], method, steps - run.nit, self.eta[method],
-                              **self.options[method])
-            run = run.extend(more)
-        else:
-            run = run_method(prob, self.x0, method, steps, self.eta[method], **self.options[method])
-        self._run_cache[key] = run
-        self._run_cache.move_to_end(key)
-        if len(self._run_cache) > 256:
-            self._run_cache.popitem(last=False)
-        return run.prefix(steps)
+        """The run of ``method`` at the current state, from the run cache (a shorter run is a
+        prefix of a longer one, so the steps slider slices a cached run and extends it without
+        recomputing for the methods without internal state; see :class:`physgrad.runs.RunCache`)."""
+        return self._run_cache.run(self.problem, self.x0, method, self.steps, self.eta[method],
+                                   key=self.c, **self.options[method])
 
     def _grid(self):
         """Loss (and P) on a grid of the x-space window at the current c, cached per c."""
         g = self._grid_cache.get(self.c)
-        if g is not None:
-            return g
-        prob = self.problem
-        dt = self.x0.dtype if self.x0.is_floating_point() else torch.float64
-        x1 = torch.linspace(*self.xlim, self.grid if self.n == 2 else 400, dtype=dt, device=self.x0.device)
-        if self.n == 2:
-            x2 = torch.linspace(*self.ylim, self.grid, dtype=dt, device=self.x0.device)
-            X1, X2 = torch.meshgrid(x1, x2, indexing="xy")
-            pts = torch.stack([X1.reshape(-1), X2.reshape(-1)], dim=-1).reshape(-1, *self.x0.shape)
-        else:
-            X1, X2 = x1, None
-            pts = x1.reshape(-1, *self.x0.shape)
-        with torch.no_grad():
-            Y = torch.func.vmap(prob.forward)(pts).reshape(pts.shape[0], -1)
-            r = Y - prob.target.to(Y).reshape(1, -1)
-            L = 0.5 * (r * r).sum(-1)
-        L = _np(L).reshape(X1.shape)
-        g = (_np(X1), None if X2 is None else _np(X2), L, _np(Y))
-        self._grid_cache[self.c] = g
-        if len(self._grid_cache) > 64:
-            self._grid_cache.popitem(last=False)
+        if g is None:
+            g = loss_grid(self.problem, self.x0, self.xlim, self.ylim, self.grid)
+            self._grid_cache[self.c] = g
+            if len(self._grid_cache) > 64:
+                self._grid_cache.popitem(last=False)
         return g
-
-    def _y_path(self, prob: Problem, xs: Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return _np(torch.func.vmap(prob.forward)(xs).reshape(xs.shape[0], -1))
 
     # ------------------------------------------------------------------ drawing
     def _build_figure(self, figsize):
@@ -420,7 +332,7 @@ class Explorer:
             run = self._run(m)
             self.runs[m] = run
             xs = _np(run.xs.reshape(run.xs.shape[0], -1))
-            ys = self._y_path(prob, run.xs)
+            ys = y_path(prob, run.xs)
             L = _np(run.losses)
             rel = L / L[0] if L[0] > 0 else np.ones_like(L)
             rel = np.maximum(rel, LOSS_FLOOR)
@@ -705,28 +617,3 @@ def offline_jshtml(raw: str, caption: str = "") -> str:
     if caption:
         out += f'\n<p class="anim-caption" style="font-size:small">{_html.escape(caption)}</p>'
     return out
-
-
-def max_stable_step(make_problem: Callable[[float], Problem], c: float, x0: Tensor, method: str = "gd",
-                    steps: int = 100, lo: float = 1e-12, hi: float = 1e4, rtol: float = 0.02,
-                    **options) -> float:
-    r"""The largest step size η (to a relative accuracy ``rtol``) for which ``steps`` steps of
-    ``method`` on ``make_problem(c)`` from ``x0`` stay finite and end with a lower loss than at
-    ``x0``. Found by bisection in ``log η`` between a stable ``lo`` and an unstable ``hi``
-    (assumes one threshold in between, true for GD on the book's problems). For GD near a
-    minimum it approaches ``2/λ_max`` of the loss Hessian (chapter 2), which scales as ``1/c^2``."""
-    prob = make_problem(c)
-
-    def stable(eta: float) -> bool:
-        run = run_method(prob, x0, method, steps, eta, **options)
-        L = run.losses
-        return run.nit == steps and bool(torch.isfinite(L).all()) and L[-1].item() < L[0].item()
-
-    if not stable(lo):
-        raise ValueError(f"{method} is not stable even at η={lo:g}")
-    if stable(hi):
-        return hi
-    while hi / lo > 1 + rtol:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if stable(mid) else (lo, mid)
-    return lo

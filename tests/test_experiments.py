@@ -35,20 +35,6 @@ def test_multimodality_supervised_averages_sip_picks_branch():
         assert res.final_loss < 1e-3
 
 
-def test_heat_run_smoke_and_sip_target_of_exact_prediction():
-    from physgrad.problems.heat import heat_2d, random_field
-
-    for method in ("adam", "sgd", "sip"):
-        res, l1, net, (Xt, Yt) = heat.run(method, n=16, n_train=8, n_test=4, steps=3, batch_size=4,
-                                          channels=4, lr=1e-4)
-        assert len(res.losses) == 3 and l1 > 0 and math.isfinite(l1)
-        assert next(net.parameters()).dtype == torch.float32
-    prob = heat_2d(n=16, nu_T=8.0, inv_damping=1e-6)
-    x = torch.stack([random_field((16, 16), corr=3.0, seed=s) for s in range(3)])
-    y = prob.forward(x)
-    torch.testing.assert_close(nn.sip_targets(x, y, y, prob.inverse), x)
-
-
 def test_oscillator_run_hig_reduces_test_loss():
     res, osc, s_test = oscillators.run("hig", steps=20, lr=0.2, n_train=64, n_test=16, eval_every=19,
                                        line_search=None)
@@ -163,34 +149,128 @@ def test_coupling_metrics_by_hand():
     assert coupling.steps_to(hist[:2], 1e-10) == [10, None]
 
 
-def test_random_boxes_are_sharp_reproducible_and_periodic():
-    a = heat.random_boxes(32, seed=5)
-    assert torch.equal(a, heat.random_boxes(32, seed=5)) and not torch.equal(a, heat.random_boxes(32, seed=6))
-    assert a.shape == (32, 32) and a.abs().max() > 0
-    # piecewise constant: most neighbouring cells are equal, and the jumps are not small
-    d = (a - a.roll(1, 0)).abs()
-    assert (d == 0).float().mean() > 0.6
-    assert d[d > 0].min() > 1e-3
+# ----------------------------------------------------------------------------- heat (SIP paper recipe)
+def test_heat_unet_has_the_papers_size_and_mean_fix_holds():
+    # PhiFlow 2.1 u_net(1, 1): conv3x3 = 9*cin*cout + cout, batch norm = 2*c, 1x1 output
+    conv = lambda cin, cout: 9 * cin * cout + cout
+    block = lambda cin, cout: conv(cin, cout) + 2 * cout + conv(cout, cout) + 2 * cout
+    expected = block(1, 16) + 3 * block(16, 16) + 3 * block(32, 16) + (16 + 1)
+    net = heat.UNet()
+    assert sum(p.numel() for p in net.parameters()) == expected == 37697
+    y = torch.rand(3, 32, 32, dtype=D)
+    x = heat.MeanFixed(net)(y)
+    assert x.shape == y.shape and x.dtype == D
+    torch.testing.assert_close(x.mean((1, 2)), y.mean((1, 2)), rtol=0, atol=1e-6)  # float32 net output
 
 
-def test_summary_table_reads_results_and_reports_missing(tmp_path):
+def test_heat_paper_boxes_match_a_hand_loop():
+    n, B = 24, 3
+    x = heat.paper_boxes(B, n, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws, in the documented order
+    count = (4 + 7 * torch.rand(B, generator=g, dtype=D)).floor()
+    pos = (torch.rand(B, 10, 2, generator=g, dtype=D) - 0.5) * (0.8 * n) + 0.5 * n
+    half = torch.rand(B, 10, 2, generator=g, dtype=D) * 10
+    strength = torch.rand(B, 10, generator=g, dtype=D)
+    ref = torch.zeros(B, n, n, dtype=D)
+    for b in range(B):
+        for i in range(int(count[b])):
+            px, py = (min(max(float(pos[b, i, a]), float(half[b, i, a])), n - float(half[b, i, a]))
+                      for a in (0, 1))
+            for u in range(n):
+                for v in range(n):
+                    s = max(abs(u + 0.5 - px) - float(half[b, i, 0]), abs(v + 0.5 - py) - float(half[b, i, 1]))
+                    ref[b, u, v] += float(strength[b, i]) * min(max(0.5 - s / 1.414214, 0.0), 1.0)
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-12)
+    assert bool((x >= 0).all()) and x.max() > 0
+
+
+def test_heat_paper_inverse_inverts_signal_and_damps_noise():
+    from physgrad.problems.heat import heat_2d
+
+    n = 32
+    prob = heat_2d(n=n, nu_T=8.0)
+    u = torch.arange(n, dtype=D)
+    x = (torch.cos(2 * math.pi * u / n)[:, None] + 0.5 * torch.sin(2 * math.pi * 2 * u / n)[None, :]
+         + 0.3)[None]  # low modes only: far above the noise level
+    torch.testing.assert_close(heat.paper_inverse(prob.forward(x)), x, rtol=0, atol=1e-9)
+    # a mode at wavenumber (12, 12) of relative size 1e-12 is noise: it must not be amplified by 1/d_k
+    d_high = math.exp(-8.0 * (2 * math.pi) ** 2 * 2 * (12 / n) ** 2)
+    assert d_high < 1e-30
+    noise = 1e-12 * torch.cos(2 * math.pi * 12 * (u[:, None] + u[None, :]) / n)[None]
+    dx = heat.paper_inverse(prob.forward(x) + noise)
+    assert bool(torch.isfinite(dx).all()) and (dx - x).abs().max() < 1e-6
+    # the local inverse keeps an exact prediction
+    inv = heat.sip_inverse(prob.forward)
+    torch.testing.assert_close(inv(prob.forward(x), x), x, rtol=0, atol=1e-12)
+
+
+def test_heat_best_linear_filter_recovers_a_known_convolution():
+    y = torch.randn(64, 16, 16, dtype=D, generator=torch.Generator().manual_seed(0))
+    x = 0.5 * y + y.roll(1, -1) - 0.25 * y.roll(-2, -2)  # a circular convolution of y
+    w = heat.best_linear_filter(y, x)
+    torch.testing.assert_close(torch.fft.irfft2(torch.fft.rfft2(y) * w, s=(16, 16)), x, rtol=0, atol=1e-10)
+
+
+def test_heat_error_spectrum_puts_a_cosine_in_its_shell():
+    n, A = 32, 0.7
+    u = torch.arange(n, dtype=D)
+    e = A * torch.cos(2 * math.pi * 3 * u / n)[:, None].expand(n, n)[None]
+    spec = heat.error_spectrum(e, torch.zeros_like(e))
+    f = torch.fft.fftfreq(n, d=1.0 / n)
+    shells = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).round().long()
+    count3 = int((shells == 3).sum())
+    assert spec[3] == pytest.approx(A * n / count3, rel=1e-12)  # ortho FFT: A*n/2 at (3,0) and (-3,0)
+    assert max(v for k, v in enumerate(spec) if k != 3) < 1e-12
+
+
+def test_heat_floors_and_metric_by_hand():
+    y_test, x_test = heat._test_set(n=16, count=8)
+    y_fit, x_fit = heat._test_set(n=16, count=32, seed=1)
+    fl = heat.floors(y_test, x_test, y_fit, x_fit)
+    mean = x_test.mean((1, 2), keepdim=True)
+    assert fl["zero"] == pytest.approx((mean - x_test).abs().sum((1, 2)).mean().item(), rel=1e-12)
+    assert fl["identity"] == pytest.approx((y_test - x_test).abs().sum((1, 2)).mean().item(), rel=1e-12)
+    assert fl["sip_inverse"] < fl["identity"] < fl["zero"]
+
+
+def test_heat_train_smoke_all_methods():
+    y_test, x_test = heat._test_set(n=16, count=4)
+    for method in ("adam", "sgd", "sip"):
+        model, log = heat.train(method, steps=3, batch=4, n=16, test=(y_test, x_test), eval_every=2)
+        assert log["steps"] == 3 and all(math.isfinite(v) for v in log["losses"])
+        assert log["curve_steps"] == [0, 2, 3] and all(v > 0 for v in log["curve_x_l1"])
+    with pytest.raises(ValueError, match="method"):
+        heat.train("hig", steps=1)
+
+
+def test_heat_committed_results_have_the_row_format():
     import json
+    import pathlib
 
-    from physgrad.experiments import summary
+    d = json.loads((pathlib.Path(__file__).parents[1] / "results" / "nn-heat.json").read_text())
+    assert {"machine", "config", "command", "rows", "spectra", "curves"} <= set(d)
+    assert d["config"]["weights"] == 37697 and "gpu_command" in d["config"]
+    for r in d["rows"]:
+        assert {"experiment", "setting", "method", "metric", "value", "published", "source"} <= set(r)
+        assert r["experiment"] == "heat" and ("cpu" in r["setting"] or "gpu" in r["setting"])
+    main = [r for r in d["rows"] if r["setting"] == d["rows"][0]["setting"]]  # the wall-time run
+    pub = {r["method"]: r["published"] for r in main if r["metric"] == "x_l1"}
+    assert pub["adam"] == 125.0 and pub["sgd"] == 118.9 and pub["sip"] == 50.4
+    ratio = next(r for r in main if r["metric"] == "x_l1_ratio")
+    x = {r["method"]: r["value"] for r in main if r["metric"] == "x_l1"}
+    assert ratio["value"] == pytest.approx(x["adam"] / x["sip"], rel=1e-12)
+    for r in d["rows"]:  # a step-matched row, if any, holds as many SIP steps as Adam took
+        if r["setting"].startswith("cpu equal steps") and r["metric"] == "x_l1":
+            assert r["steps"] == next(q["steps"] for q in main if q["method"] == "adam")
 
-    rows = summary.table_rows(str(tmp_path))
-    assert len(rows) == 4 and all(r["measured"] == "not run yet" for r in rows)
-    d = {"machine": {}, "config": {"budget_s": 100.0}, "rows": [
-        row("oscillators", "published", "hig", "final_test_loss", 1e-5, None, steps=250),
-        row("oscillators", "published", "adam/hig", "final_test_loss_ratio", 40.0, 1e4)]}
-    (tmp_path / "nn-oscillators.json").write_text(json.dumps(d))
-    osc = summary.table_rows(str(tmp_path))[2]
-    assert osc["reproduced"] == "no" and "250" in osc["why"] and osc["measured"].startswith("40")
-    assert "| oscillators, published setting |" in summary.markdown([osc])
 
-
-def test_summary_html_table():
-    from physgrad.experiments import summary
-
-    h = summary.html("| a | b |\n|---|---|\n| `x<1` | 2 |")
-    assert "<th>a</th><th>b</th>" in h and "<td><code>x&lt;1</code></td><td>2</td>" in h
+def test_heat_bench_rows_spectra_and_curves_at_tiny_size(monkeypatch):
+    monkeypatch.setattr(heat, "CPU_RUN", dict(batch=2, steps=2, time_budget=100.0, eval_every=1))
+    out = heat.bench(progress=False)
+    x = {r["method"]: r for r in out["rows"] if r["metric"] == "x_l1"}
+    assert set(x) == {"adam", "sgd", "sip", "floor: zero", "floor: identity", "floor: sip_inverse",
+                      "floor: best_linear"}
+    assert all("cpu" in r["setting"] for r in out["rows"]) and x["sip"]["published"] == 50.4
+    assert x["adam"]["steps"] == 2 and x["adam"]["value"] == out["curves"]["adam"]["x_l1"][-1]
+    assert len(out["spectra"]["sip"]) == len(out["spectra"]["k"]) == 33
+    assert out["config"]["weights"] == 37697 and "--full --device cuda" in out["config"]["gpu_command"]

@@ -290,13 +290,15 @@ def test_auto_jacobian_mode_keeps_the_size_rule_when_cheap_and_measures_when_slo
 
     real = pp._dense_jacobian
     calls = []
+    clock = [0.0]  # a fake clock: only the "slow" mode advances it, so the machine's load cannot
 
     def fake(f, xf, mode, slow=None):
         calls.append(mode)
         if mode == slow_mode[0]:
-            _time.sleep(0.06)  # a forward mode that is slow on this simulator (Python time loop)
+            clock[0] += 0.06  # a forward mode that is slow on this simulator (Python time loop)
         return real(f, xf, mode)
 
+    monkeypatch.setattr(_time, "perf_counter", lambda: clock[0])
     slow_mode = [None]
     monkeypatch.setattr(pp, "_dense_jacobian", fake)
     prob = decay_problem()  # n = 3 <= m = 25: the size rule says forward mode

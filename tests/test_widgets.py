@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 import physgrad  # noqa: E402
 from physgrad.problems.toy import toy, toy_x0  # noqa: E402
-from physgrad.widgets import Explorer, max_stable_step, offline_jshtml  # noqa: E402
+from physgrad.widgets import Explorer, offline_jshtml  # noqa: E402
 
 METHODS = {"gd": 1e-4, "newton": 0.5, "ig": 0.5, "pg": 0.5}
 
@@ -180,14 +180,6 @@ def test_one_parameter_problem():
     np.testing.assert_allclose(x_gd, 2 - 3 * (-3.5) ** k, rtol=1e-12)
 
 
-def test_max_stable_step_is_two_over_c_squared():
-    x0 = torch.tensor([-1.0], dtype=torch.float64)
-    for c in (0.1, 1.0, 10.0):
-        eta = max_stable_step(linear, c, x0, "gd", steps=20, rtol=1e-3)
-        assert eta == pytest.approx(2 / c**2, rel=2e-3)
-        assert eta <= 2 / c**2
-
-
 def test_animation_is_offline_and_restores_state(ex):
     ex.set(c=2.0)
     before = xy(ex.lines["gd"])
@@ -242,14 +234,16 @@ def test_static_figure_shows_the_explorers_numbers():
             x1, x2 = xy(e.lines[m])
             np.testing.assert_allclose(row["x"], x1, rtol=1e-11, atol=1e-12)
             np.testing.assert_allclose(row["y"], x2, rtol=1e-11, atol=1e-12)
-    spec = _json.loads(fig.to_json())  # strict JSON: no NaN or infinity
-    assert [p["name"] for p in spec["params"]] == ["lc", "le", "eta"]
-    assert all(p["bind"]["input"] == "range" for p in spec["params"])
+    doc = _json.loads(fig.to_json())  # strict JSON: no NaN or infinity
+    assert sorted(doc["layouts"]) == ["narrow-dark", "narrow-light", "wide-dark", "wide-light"]
+    for spec in doc["layouts"].values():
+        assert [p["name"] for p in spec["params"]] == ["lc", "le", "eta"]
+        assert all(p["bind"]["input"] == "range" for p in spec["params"])
 
 
 def test_gd_figure_first_step_closed_form():
     """Chapter 2's stored GD paths: first step −η c² (3, 54) from (3, 3); the map holds
-    L/L0 after the last step; the dashed line is η = 2/c²."""
+    L/L0 after the last step; the drawn bounds are η = 1/(9c²) and η = 2/c²."""
     from physgrad import interactive
 
     fig = interactive.gd_figure(steps=5, lc=(-1.0, 1.0, 1.0), le=(-3.0, -2.0, 1.0))
@@ -260,15 +254,22 @@ def test_gd_figure_first_step_closed_form():
         np.testing.assert_allclose(step, [-eta * c2 * 3.0, -eta * c2 * 54.0], rtol=1e-9)
         cell = next(m for m in fig.rows("map") if (m["a"], m["b"]) == (r["a"], r["b"]))
         assert cell["v"] == pytest.approx(max(r["L"][-1], 1e-16), rel=1e-9)
-    for p in fig.rows("curve"):
-        assert p["b"] == pytest.approx(np.log10(2.0) - 2 * p["a"], abs=1e-11)
+    start, x1 = sorted({p["s"] for p in fig.rows("bounds")}, key=lambda s: "9" not in s)
+    for p in fig.rows("bounds"):
+        rhs = -np.log10(9.0) if p["s"] == start else np.log10(2.0)
+        assert p["b"] == pytest.approx(rhs - 2 * p["a"], abs=1e-11)
 
 
 def test_static_html_is_offline_and_self_contained():
+    from pathlib import Path
+
     from physgrad import interactive
 
     html = interactive.slope_figure(eta=(0.5, 0.6, 0.1), s=(2.0, 2.5, 0.5)).html()
-    assert "_static/vega/" in html and "vega-lite.min" in html
+    assert "_static/sliders.js" in html
+    loader = (Path(__file__).resolve().parents[1] / "assets" / "sliders.js").read_text()
+    assert "_static/vega/" in loader and "vega-lite.min" in loader
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", loader)
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", html), "no URL may be fetched"
     assert "</script" not in html.split('type="application/json"')[1].split("</script>")[0]
 
