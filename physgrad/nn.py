@@ -6,7 +6,7 @@ itself, :math:`c_b = y^*_b`) to a simulator input :math:`x_b = f_\theta(c_b)`; t
 
 .. math:: L(\theta) = \frac{1}{B} \sum_b \tfrac12 \lVert P(f_\theta(c_b)) - y^*_b \rVert_2^2 .
 
-:func:`train` minimises it with one of six methods (``method=``):
+:func:`train` minimises it with one of seven methods (``method=``):
 
 ``"adam"``
     Differentiable physics: back-propagate through ``P`` and the network, update with Adam
@@ -32,6 +32,8 @@ itself, :math:`c_b = y^*_b`) to a simulator input :math:`x_b = f_\theta(c_b)`; t
     :math:`\Delta\theta = -\eta\, V \Sigma^{-\kappa} U^\top r` with the thin SVD
     :math:`J = U\Sigma V^\top`, :math:`\kappa = 1/2`, and singular values below
     ``truncation * sigma_max`` dropped.
+``"lm"``
+    Levenberg–Marquardt: the Gauss–Newton step with adaptive Marquardt damping (:class:`LM`).
 
 The same updates are optimizer objects for a hand-written training loop: :class:`HIG`,
 :class:`GN`, :class:`SIP` (around any ``torch.optim`` optimizer) and :class:`DP` (plain
@@ -80,13 +82,13 @@ from .errors import MemoryBudgetError, NonFiniteError, ShapeError, SingularMatri
 from .linalg import spectral_solve
 
 __all__ = [
-    "TrainResult", "train", "make_step", "Step", "DP", "SIP", "GN", "HIG", "mlp",
+    "TrainResult", "train", "make_step", "Step", "DP", "SIP", "GN", "HIG", "LM", "mlp",
     "stacked_jacobian", "stacked_jacobian_loop", "jacobian_bytes", "inverted_step",
     "sip_targets", "sip_loss", "physics_loss", "METHODS", "DEFAULT_LR",
 ]
 
 Tensor = torch.Tensor
-METHODS = ("adam", "sgd", "supervised", "sip", "gn", "hig")
+METHODS = ("adam", "sgd", "supervised", "sip", "gn", "hig", "lm")
 GiB = 1024 ** 3
 
 
@@ -108,6 +110,63 @@ def mlp(sizes, activation=torch.nn.Tanh, seed: int = 0, dtype=torch.float64, dev
 
 def _call(fn: Callable, x: Tensor, cond: Optional[Tensor]):
     return fn(x) if cond is None else fn(x, cond)
+
+
+def _trainable(model: torch.nn.Module):
+    """``(name, parameter)`` of every parameter with ``requires_grad=True``: the weights the
+    optimizer objects update (a frozen parameter is a constant of the network, like a buffer)."""
+    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    if not named:
+        raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False)")
+    return named
+
+
+def _check_data(model: torch.nn.Module, physics: Callable, inputs: Tensor, targets: Tensor,
+                condition: Optional[Tensor] = None, per_sample: bool = False,
+                check_dtype: bool = True, forward: bool = True) -> Optional[Tensor]:
+    """The entrance checks of :func:`train` and of every optimizer object's ``step``: the same
+    number of samples in ``inputs``, ``targets`` (and ``condition``), finite data, the model's
+    dtype, targets shaped like the simulator's output per sample, and (``per_sample=True``, the
+    stacked-Jacobian methods) no batch-statistics layers. ``check_dtype=False`` accepts inputs of
+    another dtype (a model that converts them itself). With ``forward=True`` one sample is run
+    through the model and the simulator to check the output shape, which is returned; the
+    optimizer objects pass ``forward=False`` and check the output they compute anyway
+    (:func:`_check_out`), so that no extra forward touches e.g. batch-norm statistics."""
+    if inputs.shape[0] != targets.shape[0]:
+        raise ShapeError(f"inputs and targets need the same batch size, got {inputs.shape[0]} and {targets.shape[0]}")
+    if condition is not None and condition.shape[0] != inputs.shape[0]:
+        raise ShapeError(f"condition needs the batch size of the inputs, got {condition.shape[0]} and {inputs.shape[0]}")
+    if inputs.shape[0] == 0:
+        raise ShapeError("inputs hold no samples")
+    for name, t in (("inputs", inputs), ("targets", targets), ("condition", condition)):
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(f"{name} contain NaN or Inf; clean the data before training")
+    params = [q for q in model.parameters() if q.is_floating_point()]
+    if check_dtype and params and inputs.is_floating_point() and inputs.dtype != params[0].dtype:
+        raise TypeError(f"the model's parameters are {params[0].dtype} but the inputs are {inputs.dtype}: "
+                        f"convert one of them, e.g. model.to({inputs.dtype}) or inputs.to({params[0].dtype})")
+    if per_sample:
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training:
+                raise ValueError(f"the model has a batch-statistics layer ({type(mod).__name__}) in training "
+                                 "mode; per-sample Jacobians (gn, hig) see one sample at a time. Use "
+                                 "model.eval() for that layer, or LayerNorm/GroupNorm instead")
+    if not forward:
+        return None
+    with torch.no_grad():
+        y1 = _call(physics, model(inputs[:1]), None if condition is None else condition[:1])
+    _check_out(y1, targets)
+    return y1
+
+
+def _check_out(y, targets) -> None:
+    """The simulator's output must have the targets' per-sample shape (else a raw torch error, or
+    worse, a silent broadcast in the loss)."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"physics must return a torch.Tensor, got {type(y).__name__}")
+    if tuple(y.shape[1:]) != tuple(targets.shape[1:]):
+        raise ShapeError(f"physics returns samples of shape {tuple(y.shape[1:])}, but the targets have "
+                         f"shape {tuple(targets.shape[1:])} per sample")
 
 
 def jacobian_bytes(batch: int, out_per_sample: int, n_params: int, dtype=torch.float64) -> int:
@@ -142,8 +201,9 @@ def stacked_jacobian(model: torch.nn.Module, inputs: Tensor, physics: Callable,
     r"""Per-sample Jacobians of the simulator outputs w.r.t. all weights, stacked.
 
     Returns ``(J, y)`` with ``J`` of shape ``(B*m, p)``: rows ``b*m .. b*m+m-1`` hold
-    :math:`\partial P(f_\theta(c_b)) / \partial \theta` (the weights flattened in the order of
-    ``model.named_parameters()``), and ``y`` the stacked outputs ``(B*m,)``. Computed with
+    :math:`\partial P(f_\theta(c_b)) / \partial \theta` (the trainable weights,
+    ``requires_grad=True``, flattened in the order of ``model.named_parameters()``; frozen ones are
+    held fixed), and ``y`` the stacked outputs ``(B*m,)``. Computed with
     ``torch.func.functional_call`` + ``vmap(jacrev(.))`` over the batch.
 
     Memory: ``B*m*p*itemsize`` bytes for ``J`` (checked against ``max_jacobian_bytes`` before
@@ -151,9 +211,11 @@ def stacked_jacobian(model: torch.nn.Module, inputs: Tensor, physics: Callable,
     reverse-mode intermediates of ``m`` backward passes per sample. ``chunk_size`` bounds how
     many samples vmap processes at once.
     """
-    names = [n for n, _ in model.named_parameters()]
-    params = tuple(p.detach() for _, p in model.named_parameters())
+    trainable = _trainable(model)
+    names = [n for n, _ in trainable]
+    params = tuple(p.detach() for _, p in trainable)
     buffers = {n: b for n, b in model.named_buffers()}
+    buffers.update({n: q.detach() for n, q in model.named_parameters() if not q.requires_grad})
     B = inputs.shape[0]
     p = sum(t.numel() for t in params)
     with torch.no_grad():
@@ -177,12 +239,12 @@ def stacked_jacobian_loop(model: torch.nn.Module, inputs: Tensor, physics: Calla
                           condition: Optional[Tensor] = None) -> Tensor:
     """Reference for :func:`stacked_jacobian`: a python loop over samples with
     ``torch.autograd.functional.jacobian`` (slow; for tests)."""
-    params = [p for _, p in model.named_parameters()]
+    trainable = _trainable(model)
+    params = [p for _, p in trainable]
     rows = []
     for b in range(inputs.shape[0]):
         def g(*ps):
-            x = functional_call(model, {n: t for (n, _), t in zip(model.named_parameters(), ps)},
-                                (inputs[b:b + 1],))
+            x = functional_call(model, {n: t for (n, _), t in zip(trainable, ps)}, (inputs[b:b + 1],))
             cond = None if condition is None else condition[b:b + 1]
             return _call(physics, x, cond).reshape(-1)
         jac = torch.autograd.functional.jacobian(g, tuple(p.detach() for p in params))
@@ -235,6 +297,7 @@ def sip_loss(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: C
 def physics_loss(model, inputs, targets, physics, condition=None) -> Tensor:
     """Mean over the batch of ``1/2 ||P(f(c_b)) - y*_b||^2``."""
     y = _call(physics, model(inputs), condition)
+    _check_out(y, targets)
     return 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean()
 
 
@@ -248,13 +311,26 @@ class Step:
     """Base class of the optimizer objects (:class:`DP`, :class:`SIP`, :class:`HIG`,
     :class:`GN`): ``step(inputs, targets[, condition])`` performs one
     update of ``model`` in place and returns the physics loss of the batch *before* the update
-    (a float). ``last_train_loss`` holds the loss the method actually minimised in that step."""
+    (a float). ``last_train_loss`` holds the loss the method actually minimised in that step.
+
+    ``step`` first checks the batch as :func:`train` checks its data (batch sizes, finite values,
+    the targets' per-sample shape; for :class:`HIG`/:class:`GN`/:class:`LM` also the dtype and no
+    batch-statistics layers) and raises a clear error; only weights with ``requires_grad=True`` are updated."""
+
+    per_sample = False  # True for the stacked-Jacobian methods
 
     def __init__(self, model, physics):
         self.model, self.physics = model, physics
         self.last_train_loss = float("nan")
+        _trainable(model)
 
-    def step(self, inputs: Tensor, targets: Tensor, condition: Optional[Tensor] = None) -> float:
+    def step(self, inputs: Tensor, targets: Tensor, condition: Optional[Tensor] = None, **kw) -> float:
+        # the dtype is checked where the per-sample Jacobian needs it; DP/SIP models may convert
+        _check_data(self.model, self.physics, inputs, targets, condition, self.per_sample,
+                    check_dtype=self.per_sample, forward=False)
+        return self._step(inputs, targets, condition, **kw)
+
+    def _step(self, inputs: Tensor, targets: Tensor, condition: Optional[Tensor] = None) -> float:
         raise NotImplementedError
 
 
@@ -267,10 +343,10 @@ class DP(Step):
         super().__init__(model, physics)
         if optimizer is None:
             _check_positive("lr", lr)
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            optimizer = torch.optim.Adam([q for _, q in _trainable(model)], lr=lr)
         self.optimizer = optimizer
 
-    def step(self, inputs, targets, condition=None):
+    def _step(self, inputs, targets, condition=None):
         self.optimizer.zero_grad(set_to_none=True)
         L = physics_loss(self.model, inputs, targets, self.physics, condition)
         L.backward()
@@ -288,6 +364,7 @@ def _proxy_step(stepper, inputs, targets, condition, proxy_target) -> float:
     x = stepper.model(inputs)
     with torch.no_grad():
         y = _call(stepper.physics, x, condition)
+        _check_out(y, targets)
         lp = 0.5 * (y - targets).pow(2).reshape(y.shape[0], -1).sum(1).mean().item()
     xt = proxy_target(x, y)
     L = 0.5 * (x - xt).pow(2).reshape(x.shape[0], -1).sum(1).mean()
@@ -304,7 +381,7 @@ class _Supervised(Step):
         super().__init__(model, physics)
         self.optimizer = optimizer
 
-    def step(self, inputs, targets, condition=None, x_true=None):
+    def _step(self, inputs, targets, condition=None, x_true=None):
         return _proxy_step(self, inputs, targets, condition, lambda x, y: x_true)
 
 
@@ -324,10 +401,10 @@ class SIP(Step):
         _check_positive("y_step", y_step)
         if optimizer is None:
             _check_positive("lr", lr)
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+            optimizer = torch.optim.Adam([q for _, q in _trainable(model)], lr=lr)
         self.inverse, self.optimizer, self.y_step = inverse, optimizer, y_step
 
-    def step(self, inputs, targets, condition=None):
+    def _step(self, inputs, targets, condition=None):
         return _proxy_step(self, inputs, targets, condition, lambda x, y: sip_targets(
             x.detach(), y, targets, self.inverse, self.y_step, condition))
 
@@ -347,6 +424,7 @@ class HIG(Step):
     ``residual_scale = 2 / B``)."""
 
     default_kappa = 0.5
+    per_sample = True
 
     def __init__(self, model, physics, lr: float = 1.0, kappa: Optional[float] = None,
                  truncation: float = 1e-6, line_search: Optional[str] = "armijo",
@@ -365,13 +443,16 @@ class HIG(Step):
         self.c1, self.max_backtracks = c1, max_backtracks
         self.last_step_size = lr
 
-    def step(self, inputs, targets, condition=None):
+    def _step(self, inputs, targets, condition=None):
         J, y = stacked_jacobian(self.model, inputs, self.physics, condition, self.max_jacobian_bytes)
         name = type(self).__name__
         if not bool(torch.isfinite(J).all()):
             raise NonFiniteError(f"{name}: the stacked Jacobian is not finite; the simulator diverged "
                                  "for some sample (check its inputs and the step size).")
         B = inputs.shape[0]
+        if y.numel() != targets.numel():
+            raise ShapeError(f"physics returns {y.numel() // B} values per sample, but the targets have "
+                             f"shape {tuple(targets.shape[1:])} per sample")
         r = y - targets.reshape(-1)
         L0 = 0.5 * r.pow(2).sum().item() / B
         d = inverted_step(J, self.residual_scale * r, self.lr, self.kappa, self.truncation)
@@ -407,6 +488,59 @@ class GN(HIG):
         super().__init__(model, physics, lr, kappa, truncation, line_search, **kw)
 
 
+class LM(HIG):
+    r"""Levenberg–Marquardt over the weights: the Gauss–Newton step with Marquardt's
+    scale-invariant damping, :math:`\Delta\theta = -(J^\top J + \mu\,\mathrm{diag}(J^\top J))^{-1}
+    J^\top r` (solved as a stacked least-squares problem by
+    :func:`physgrad.linalg.damped_solve`, no normal equations). ``μ`` adapts from step to step: a
+    step that lowers the batch loss is taken and ``μ`` divided by 3; otherwise ``μ`` is doubled and
+    the step retried (at most ``max_backtracks`` times; then the weights and ``μ`` stay as they
+    were)."""
+
+    default_kappa = 1.0
+
+    def __init__(self, model, physics, damping: float = 1e-3, max_jacobian_bytes: Optional[int] = 2 * GiB,
+                 residual_scale: float = 1.0, max_backtracks: int = 20):
+        super().__init__(model, physics, lr=1.0, kappa=1.0, truncation=0.0, line_search=None,
+                         max_jacobian_bytes=max_jacobian_bytes, residual_scale=residual_scale,
+                         max_backtracks=max_backtracks)
+        _check_positive("damping", damping)
+        self.damping = float(damping)
+
+    def _step(self, inputs, targets, condition=None):
+        from .linalg import damped_solve
+
+        J, y = stacked_jacobian(self.model, inputs, self.physics, condition, self.max_jacobian_bytes)
+        if not bool(torch.isfinite(J).all()):
+            raise NonFiniteError("LM: the stacked Jacobian is not finite; the simulator diverged for some sample.")
+        B = inputs.shape[0]
+        if y.numel() != targets.numel():
+            raise ShapeError(f"physics returns {y.numel() // B} values per sample, but the targets have "
+                             f"shape {tuple(targets.shape[1:])} per sample")
+        r = y - targets.reshape(-1)
+        L0 = 0.5 * r.pow(2).sum().item() / B
+        scale = J.pow(2).sum(0)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # unused weights: plain λ
+        theta0, mu0 = _flat_params(self.model), self.damping
+        t = 0.0
+        for _ in range(self.max_backtracks + 1):
+            d = -damped_solve(J, self.residual_scale * r, self.damping, scale)
+            _set_flat(self.model, theta0 + d)
+            with torch.no_grad():
+                L1 = physics_loss(self.model, inputs, targets, self.physics, condition).item()
+            if math.isfinite(L1) and L1 < L0:
+                self.damping = max(self.damping / 3, 1e-12)
+                t = 1.0
+                break
+            self.damping *= 2
+        else:  # no damping lowered the loss (e.g. at a minimum): keep the weights and μ
+            _set_flat(self.model, theta0)
+            self.damping = mu0
+        self.last_step_size = t
+        self.last_train_loss = L0
+        return L0
+
+
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -436,13 +570,13 @@ class TrainResult:
 
 
 def _flat_params(model):
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return torch.cat([p.detach().reshape(-1) for _, p in _trainable(model)])
 
 
 def _split_flat(model, v: Tensor):
-    """``(parameter, matching slice of the flat vector v, reshaped)`` for each parameter."""
+    """``(parameter, matching slice of the flat vector v, reshaped)`` for each trainable parameter."""
     i = 0
-    for p in model.parameters():
+    for _, p in _trainable(model):
         k = p.numel()
         yield p, v[i:i + k].reshape(p.shape)
         i += k
@@ -460,7 +594,7 @@ def _set_flat(model, theta: Tensor):
             p.copy_(tp)
 
 
-DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-3, "supervised": 1e-3, "sip": 1e-3, "gn": 1.0, "hig": 1.0}
+DEFAULT_LR = {"adam": 1e-3, "sgd": 1e-3, "supervised": 1e-3, "sip": 1e-3, "gn": 1.0, "hig": 1.0, "lm": 1.0}
 
 
 def make_step(method: str, model, physics, *, lr: Optional[float] = None, inverse=None,
@@ -472,18 +606,21 @@ def make_step(method: str, model, physics, *, lr: Optional[float] = None, invers
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     lr = DEFAULT_LR[method] if lr is None else lr
     _check_positive("lr", lr)
+    if method == "lm":
+        return LM(model, physics, max_jacobian_bytes=max_jacobian_bytes, residual_scale=residual_scale)
     if method in ("gn", "hig"):
         cls = GN if method == "gn" else HIG
         ls = ("armijo" if method == "hig" else None) if line_search == "default" else line_search
         return cls(model, physics, lr=lr, kappa=kappa, truncation=truncation, line_search=ls,
                    max_jacobian_bytes=max_jacobian_bytes, residual_scale=residual_scale)
+    params = [q for _, q in _trainable(model)]
     if method == "sgd":
-        return DP(model, physics, torch.optim.SGD(model.parameters(), lr=lr))
+        return DP(model, physics, torch.optim.SGD(params, lr=lr))
     if method == "adam":
-        return DP(model, physics, torch.optim.Adam(model.parameters(), lr=lr))
+        return DP(model, physics, torch.optim.Adam(params, lr=lr))
     if method == "sip":
-        return SIP(model, physics, inverse, torch.optim.Adam(model.parameters(), lr=lr), y_step=y_step)
-    return _Supervised(model, physics, torch.optim.Adam(model.parameters(), lr=lr))
+        return SIP(model, physics, inverse, torch.optim.Adam(params, lr=lr), y_step=y_step)
+    return _Supervised(model, physics, torch.optim.Adam(params, lr=lr))
 
 
 def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Callable,
@@ -510,7 +647,7 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
         Batched simulator ``P(x)``, or ``P(x, cond)`` when ``condition`` is given.
     method
         ``"adam"``, ``"sgd"``, ``"supervised"`` (needs ``x_true``), ``"sip"`` (needs
-        ``inverse``), ``"gn"`` or ``"hig"``; see the module docstring for each update.
+        ``inverse``), ``"gn"``, ``"hig"`` or ``"lm"``; see the module docstring for each update.
     steps
         Number of updates (``0``: only the final evaluation).
     lr
@@ -572,31 +709,16 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                    or batch_size < 1):
         raise ValueError(f"batch_size must be an integer >= 1 (or None for the full batch), got {batch_size!r}")
-    if inputs.shape[0] != targets.shape[0]:
-        raise ShapeError(f"inputs and targets need the same batch size, got {inputs.shape[0]} and {targets.shape[0]}")
-    if inputs.shape[0] == 0:
-        raise ShapeError("inputs hold no samples")
-    for name, t in (("inputs", inputs), ("targets", targets), ("condition", condition)):
-        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise NonFiniteError(f"{name} contain NaN or Inf; clean the data before training")
-    params = [q for q in model.parameters() if q.is_floating_point()]
-    if params and inputs.is_floating_point() and inputs.dtype != params[0].dtype:
-        raise TypeError(f"the model's parameters are {params[0].dtype} but the inputs are {inputs.dtype}: "
-                        f"convert one of them, e.g. model.to({inputs.dtype}) or inputs.to({params[0].dtype})")
+    y1 = _check_data(model, physics, inputs, targets, condition, per_sample=method in ("gn", "hig", "lm"))
     stepper = make_step(method, model, physics, lr=lr, inverse=inverse, y_step=y_step, kappa=kappa,
                         truncation=truncation, line_search=line_search,
                         max_jacobian_bytes=max_jacobian_bytes, residual_scale=residual_scale)
-    with torch.no_grad():
-        y1 = _call(physics, model(inputs[:1]), None if condition is None else condition[:1])
-    if tuple(y1.shape[1:]) != tuple(targets.shape[1:]):
-        raise ShapeError(f"physics returns samples of shape {tuple(y1.shape[1:])}, but the targets have "
-                         f"shape {tuple(targets.shape[1:])} per sample")
     N = inputs.shape[0]
     bs = N if batch_size is None else min(batch_size, N)
-    if method in ("gn", "hig"):
-        p = sum(q.numel() for q in model.parameters())
+    if method in ("gn", "hig", "lm"):
+        p = sum(q.numel() for _, q in _trainable(model))
         _check_budget(bs, y1[0].numel(), p, next(model.parameters()).dtype, max_jacobian_bytes)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text: no widget manager needed on the website
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
@@ -625,10 +747,11 @@ def train(model: torch.nn.Module, inputs: Tensor, targets: Tensor, physics: Call
                 pos += bs
             c, ys = inputs[idx], targets[idx]
             cond = None if condition is None else condition[idx]
+            # the data were checked once above: the loop calls the unchecked update
             if method == "supervised":
-                lp = stepper.step(c, ys, cond, x_true=x_true[idx])
+                lp = stepper._step(c, ys, cond, x_true=x_true[idx])
             else:
-                lp = stepper.step(c, ys, cond)
+                lp = stepper._step(c, ys, cond)
             lt = stepper.last_train_loss
             if not math.isfinite(lp) or not math.isfinite(lt):
                 raise NonFiniteError(f"{method}: the loss became {lp} at step {k}; lower lr (step size).")

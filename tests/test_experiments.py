@@ -46,7 +46,7 @@ def test_result_rows_and_machine_info():
     assert r == dict(experiment="heat", setting="64x64", method="adam", metric="test_x_l1", value=3.0,
                      published=125.0)
     info = machine_info()
-    for key in ("cpu", "cores", "torch_threads", "torch", "numpy", "python", "date"):
+    for key in ("cpu", "cores", "torch_threads", "torch", "numpy", "python", "date", "load_avg_1_5_15"):
         assert key in info
 
 
@@ -97,8 +97,56 @@ def test_two_outputs_loss_terms_and_paper_form():
     # the unscaled target: a network outputting y2 = cos(9t)/λ has zero second term
     lam = 0.01
     assert (lam * (target[:, 1] / lam) - target[:, 1]).abs().max() < 1e-15
-    res, (e1, e2), _ = two_outputs.run(0.01, "hig", steps=40, n=32)
+    res, (e1, e2), _ = two_outputs.run(0.01, "hig-armijo", steps=40, n=32)
     assert res.final_loss < res.losses[0]
+
+
+def test_two_outputs_variants_and_activation_record():
+    """The variants name the method and its step rule; the activation record is the hidden
+    tanh layer's mean/std/saturation computed by hand, taken every record_every steps."""
+    from physgrad.experiments import two_outputs
+
+    assert two_outputs.SETTINGS["hig-fixed-eta=0.1"] == (
+        "hig", dict(lr=0.1, kappa=0.5, truncation=1e-6, line_search=None))
+    assert two_outputs.SETTINGS["gn-armijo"][1]["line_search"] == "armijo"
+    assert two_outputs.SETTINGS["adam"][1]["lr"] == 1e-3
+    res, _, net = two_outputs.run(1.0, "gn", steps=6, n=16, record_every=3)
+    assert [a[0] for a in res.activations] == [0, 3, 6]
+    t, _ = two_outputs.data(16)
+    h = torch.tanh(net[0].weight.detach() @ t.T + net[0].bias.detach()[:, None])
+    mean, std, sat = res.activations[-1][2:]
+    assert mean == pytest.approx(h.mean().item(), rel=1e-12) and std == pytest.approx(h.std().item(), rel=1e-12)
+    assert sat == pytest.approx((h.abs() > 0.99).double().mean().item())
+
+
+def test_oscillators_published_setting_metrics():
+    """Initial states on [0, 1)^4, the recorded curve is the loss over the training states, the
+    test loss that over the held-out ones; loss_at reads the curve at a wall time."""
+    res, test, osc = oscillators.run_published("hig", steps=8, n_train=64, n_test=16, eval_every=4)
+    s_train = osc.sample_states(64, seed=0, uniform=True, low=0.0)
+    s_test = osc.sample_states(16, seed=1000, uniform=True, low=0.0)
+    assert s_train.min() >= 0
+    with torch.no_grad():
+        tr = nn.physics_loss(res.model, s_train, s_train, osc.simulate, s_train).item()
+        te = nn.physics_loss(res.model, s_test, s_test, osc.simulate, s_test).item()
+    assert res.eval_steps == [0, 4, 7] and res.eval_losses[-1] == pytest.approx(tr, rel=1e-12)
+    assert test == pytest.approx(te, rel=1e-12) and res.eval_losses[-1] < res.eval_losses[0]
+    assert oscillators.loss_at(res, res.times[-1]) == res.eval_losses[-1]
+    assert oscillators.loss_at(res, res.times[4]) == res.eval_losses[1]
+    assert math.isnan(oscillators.loss_at(res, res.times[-1] + 1.0))
+
+
+def test_coupling_metrics_by_hand():
+    from physgrad.experiments import coupling
+
+    phi = torch.tensor([0.0, 0.7], dtype=D)
+    xs = coupling.inverse(coupling.target(torch.tensor([32.0, 32.0], dtype=D)), torch.zeros(2, 2, dtype=D),
+                          torch.tensor([32.0, 32.0], dtype=D), phi)
+    assert coupling.xhat_error(xs, phi).abs().max() < 1e-14
+    assert coupling.xhat_error(xs + torch.tensor([[0.3, 0.4]], dtype=D), phi).tolist() == pytest.approx([0.5, 0.5])
+    hist = torch.tensor([[1.0, 1.0], [1e-11, 1e-3], [0.0, 1e-12]], dtype=D)
+    assert coupling.steps_to(hist, 1e-10) == [10, 20]
+    assert coupling.steps_to(hist[:2], 1e-10) == [10, None]
 
 
 # ----------------------------------------------------------------------------- heat (SIP paper recipe)

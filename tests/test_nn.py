@@ -1,6 +1,9 @@
 """Tests of physgrad.nn (chapter 8): per-sample Jacobians, HIG/GN steps, SIP, the optimizer
 objects, and the validation of nn.train (the experiments are in test_experiments.py)."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -343,3 +346,90 @@ def test_train_rejects_model_and_inputs_of_different_precision():
     inputs = torch.zeros(4, 2, dtype=torch.float64)
     with pytest.raises(TypeError, match="float32 but the inputs are torch.float64"):
         nn.train(model, inputs, inputs.clone(), lambda x: x, "adam", steps=1)
+
+
+# ----------------------------------------------------------------------------- issue 22: the objects
+def _frozen_net():
+    net = nn.mlp([2, 5, 2], seed=0)
+    net[0].weight.requires_grad_(False)
+    net[0].bias.requires_grad_(False)
+    return net
+
+
+@pytest.mark.parametrize("make", [
+    lambda net: nn.HIG(net, physics=lambda z: z, lr=1.0, line_search=None),
+    lambda net: nn.GN(net, physics=lambda z: z),
+    lambda net: nn.LM(net, physics=lambda z: z),
+    lambda net: nn.DP(net, physics=lambda z: z, lr=1e-2),
+    lambda net: nn.SIP(net, physics=lambda z: z, inverse=lambda y, x0: y, lr=1e-2),
+])
+def test_objects_leave_frozen_weights_alone(make):
+    """Weights with requires_grad=False stay exactly as they were (library-2 C80: HIG moved them
+    by 3.3), and the trainable ones move."""
+    net = _frozen_net()
+    x = torch.linspace(-1, 1, 16, dtype=D).reshape(8, 2)
+    y = torch.sin(3 * x)
+    w0, w1 = net[0].weight.clone(), net[2].weight.clone()
+    opt = make(net)
+    for _ in range(3):
+        opt.step(x, y)
+    assert torch.equal(net[0].weight, w0) and not torch.equal(net[2].weight, w1)
+
+
+def test_stacked_jacobian_holds_frozen_weights_fixed():
+    """The Jacobian has one column per trainable weight; equal to the loop reference and to the
+    full Jacobian's trainable columns."""
+    net = _frozen_net()
+    inp = torch.randn(3, 2, dtype=D, generator=torch.Generator().manual_seed(1))
+    J, _ = nn.stacked_jacobian(net, inp, _phys)
+    for q in net[0].parameters():
+        q.requires_grad_(True)
+    J_all, _ = nn.stacked_jacobian(net, inp, _phys)
+    k = net[0].weight.numel() + net[0].bias.numel()
+    assert J.shape == (J_all.shape[0], J_all.shape[1] - k)
+    assert torch.allclose(J, J_all[:, k:], atol=1e-13)
+
+
+@pytest.mark.parametrize("cls", [nn.HIG, nn.GN, nn.DP])
+def test_objects_check_their_data_as_train_does(cls):
+    """library-2 C67/C68: a target shape or data dtype that does not fit gave a raw torch error
+    (or, for a broadcastable shape, a silently wrong loss); now the same clear errors as train."""
+    net = nn.mlp([2, 4, 2], seed=0)
+    opt = cls(net, physics=lambda z: z)
+    x = torch.zeros(8, 2, dtype=D)
+    with pytest.raises(ShapeError, match="per sample"):
+        opt.step(x, torch.zeros(8, 3, dtype=D))
+    with pytest.raises(ShapeError, match="per sample"):
+        opt.step(x, torch.zeros(8, 1, dtype=D))  # would broadcast silently in the loss
+    if cls is not nn.DP:  # DP/SIP accept a model that converts its inputs itself
+        with pytest.raises(TypeError, match="float64 but the inputs are torch.float32"):
+            opt.step(x.float(), torch.zeros(8, 2))
+    with pytest.raises(ShapeError, match="same batch size"):
+        opt.step(x, torch.zeros(7, 2, dtype=D))
+
+
+def test_per_sample_methods_reject_batch_norm():
+    """library-2 C64: per-sample Jacobians and a BatchNorm layer in training mode gave a raw vmap
+    error; now a ValueError naming the layer. In eval mode it runs."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)).double()
+    x = torch.randn(8, 2, dtype=D, generator=torch.Generator().manual_seed(0))
+    opt = nn.HIG(net, physics=lambda z: z)
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        opt.step(x, x)
+    net.eval()
+    assert math.isfinite(opt.step(x, x))
+
+
+def test_lm_step_solves_a_linear_least_squares_fit():
+    """On a linear model the Marquardt-damped Gauss–Newton steps converge to the least-squares
+    solution (numpy lstsq), with μ shrinking as steps succeed."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(20, 3, dtype=D, generator=g)
+    b = torch.randn(20, 1, dtype=D, generator=g)
+    lin = torch.nn.Linear(3, 1, bias=False).double()
+    opt = nn.LM(lin, physics=lambda z: z, damping=1.0)
+    for _ in range(40):
+        opt.step(A, b)
+    ref = np.linalg.lstsq(A.numpy(), b.numpy(), rcond=None)[0].ravel()
+    assert np.allclose(lin.weight.detach().numpy().ravel(), ref, atol=1e-8)
+    assert opt.damping < 1.0  # successful steps shrank μ, the converged ones did not blow it up

@@ -1,5 +1,6 @@
 """Tests of physgrad.problems.oscillators (chapter 8 control experiment)."""
 
+import pytest
 import torch
 
 from physgrad.problems.oscillators import oscillators
@@ -85,3 +86,15 @@ def test_last_mass_actuation_pushes_only_the_last_mass():
     s0 = osc.sample_states(4, seed=0, uniform=True)
     u = osc.inverse(s0, torch.zeros(4, 24, dtype=D), s0)
     torch.testing.assert_close(osc.simulate(u, s0), s0)
+
+
+def test_uniform_states_on_the_reference_notebooks_range():
+    """low=0 draws from [0, 1)^4 as the pbdl-book notebook's np.random.rand; the default stays
+    [-1, 1) and is the same affine map of the same uniform numbers."""
+    osc = oscillators(integrator="rk4", actuated="last")
+    a = osc.sample_states(2000, seed=5, uniform=True, low=0.0)
+    b = osc.sample_states(2000, seed=5, uniform=True)
+    assert a.min() >= 0 and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.02
+    assert torch.allclose(b, 2 * a - 1, atol=1e-15)
+    with pytest.raises(ValueError, match="low"):
+        osc.sample_states(3, uniform=True, low=1.0)

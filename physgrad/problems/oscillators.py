@@ -129,12 +129,16 @@ class Oscillators:
         return inv(y, u).reshape(shape)
 
     def sample_states(self, count: int, seed: int = 0, dtype=torch.float64, device=None,
-                      uniform: bool = False) -> Tensor:
-        """``count`` random initial states, q and p standard normal, or uniform on [-1, 1] with
-        ``uniform=True`` (reproducible from ``seed``)."""
+                      uniform: bool = False, low: float = -1.0) -> Tensor:
+        """``count`` random initial states, q and p standard normal, or with ``uniform=True``
+        uniform on ``[low, 1)`` per component (``low=0``: ``np.random.rand``, as the pbdl-book
+        notebook draws them), reproducible from ``seed``."""
         g = torch.Generator(device="cpu").manual_seed(seed)
         if uniform:
-            return (2 * torch.rand(count, 2 * self.n, generator=g, dtype=dtype) - 1).to(device)
+            if not low < 1.0:
+                raise ValueError(f"low must be < 1, got {low!r}")
+            u = torch.rand(count, 2 * self.n, generator=g, dtype=dtype)
+            return (low + (1.0 - low) * u).to(device)
         return torch.randn(count, 2 * self.n, generator=g, dtype=dtype).to(device)
 
     def problem(self, s0: Tensor):
