@@ -246,7 +246,7 @@ def test_large_finite_values_are_not_mistaken_for_a_divergence():
     x0 = torch.full((4,), big, dtype=torch.float64)
     assert not torch.isfinite(x0.sum())  # the probe would say NaN/Inf
     res = physgrad.optimize(prob, x0, "pg", steps=3, step_size=0.5)
-    assert res.success and res.nit == 3 and bool(torch.isfinite(res.xs).all())
+    assert res.status == 1 and res.nit == 3 and bool(torch.isfinite(res.xs).all())
     assert float(res.losses[-1]) == pytest.approx(float(res.losses[0]) / 64, rel=1e-12)
     with pytest.raises(errors.NonFiniteError, match="1 non-finite value"):
         prob.check_x(torch.tensor([big, big, float("nan"), 1.0], dtype=torch.float64))
