@@ -17,6 +17,7 @@ others get ``t = 0``. Decisions are made in float64, whatever the dtype of ``x``
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -45,6 +46,8 @@ def armijo(losses: Callable[[Tensor], Tensor], x: Tensor, L0: Tensor, g: Tensor,
     """Largest ``t = t0 · shrink^k`` per sample with ``L(x + t p) <= L(x) + c1 t g·p``.
     ``t = 0`` (no step) where ``p`` does not descend or no tried length lowers the loss."""
     B = x.shape[0]
+    if active is None and B == 1:  # one problem: the same test on Python floats, no masks
+        return _armijo_one(losses, x, float(L0), float((g * p).sum()), p, float(t0), c1, shrink, max_tries)
     slope = (g * p).sum(-1).double()
     L0 = L0.double()
     t = _per_sample(t0, B, x.device)
@@ -61,6 +64,16 @@ def armijo(losses: Callable[[Tensor], Tensor], x: Tensor, L0: Tensor, g: Tensor,
         t = torch.where(searching, t * shrink, t)
     t = torch.where(searching, torch.zeros_like(t), t)
     return t.to(x.dtype)
+
+
+def _armijo_one(losses, x, L0: float, slope: float, p, t: float, c1, shrink, max_tries) -> Tensor:
+    if slope < 0:
+        for _ in range(max_tries):
+            Lt = float(losses(x + t * p))
+            if math.isfinite(Lt) and Lt <= L0 + c1 * t * slope:
+                return torch.full((1,), t, dtype=x.dtype, device=x.device)
+            t *= shrink
+    return torch.zeros(1, dtype=x.dtype, device=x.device)
 
 
 def wolfe_search(phi0: float, dphi0: float, t0: float, c1: float = 1e-4, c2: float = 0.9,

@@ -230,7 +230,8 @@ class LBFGSState:
     history: int = 10
     S: list = field(default_factory=list)
     Y: list = field(default_factory=list)
-    masks: list = field(default_factory=list)
+    R: list = field(default_factory=list)      # ρ = 1 / (y^T s) per pair and sample (0 where invalid)
+    masks: list = field(default_factory=list)  # per pair: the samples for which it is valid (None: all)
     x_prev: Optional[Tensor] = None
     g_prev: Optional[Tensor] = None
 
@@ -248,69 +249,64 @@ class LBFGSState:
                              f"{tuple(x.shape)}; pass a fresh state")
 
     def _update(self, s, yv, active):
-        _, ok = _curvature_ok(s, yv)
+        sy, ok = _curvature_ok(s, yv)
         if active is None:  # one problem: keep only valid pairs, no masks
             if not bool(ok.all()):
                 return
-            ok = None
+            ok, rho = None, 1.0 / sy
         else:
             ok = ok & active
             if not bool(ok.any()):
                 return
+            rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy))
         self.S.append(s)
         self.Y.append(yv)
+        self.R.append(rho)
         self.masks.append(ok)
         while len(self.S) > self.history and (self.masks[0] is None or not bool(self._used()[0].any())):
-            del self.S[0], self.Y[0], self.masks[0]
+            del self.S[0], self.Y[0], self.R[0], self.masks[0]
 
     def _used(self):
-        """Per pair, the samples that use it: each sample's last ``history`` valid pairs."""
+        """Per pair, the samples that use it (each sample's last ``history`` valid pairs; ``None``:
+        every sample)."""
         used, c = [None] * len(self.S), 0
         for j in range(len(self.S) - 1, -1, -1):
             m = self.masks[j]
-            if m is None:
-                used[j] = None if j >= len(self.S) - self.history else False
-                continue
-            c = c + m.long()
-            used[j] = m & (c <= self.history)
+            if m is not None:
+                c = c + m.long()
+                used[j] = m & (c <= self.history)
         return used
 
     def _direction(self, g):
         used = self._used()
+        rhos = [r if u is None else r * u for r, u in zip(self.R, used)]
+        dot = torch.linalg.vecdot
         q, alphas = g.clone(), []
-        for s, yv, u in zip(reversed(self.S), reversed(self.Y), reversed(used)):
-            a = (s * q).sum(-1) / (yv * s).sum(-1)
-            if u is not None:
-                a = torch.where(u, a, torch.zeros_like(a)) if u is not False else torch.zeros_like(a)
+        for s, yv, r in zip(reversed(self.S), reversed(self.Y), reversed(rhos)):
+            a = r * dot(s, q)
             alphas.append(a)
             q = q - a[:, None] * yv
-        gamma, found = torch.ones_like(g[:, 0]), torch.zeros_like(g[:, 0], dtype=torch.bool)
+        gamma = torch.ones_like(g[:, 0])
+        self._has_pairs = torch.zeros_like(g[:, 0], dtype=torch.bool)
         for s, yv, u in zip(reversed(self.S), reversed(self.Y), reversed(used)):
-            u = torch.ones_like(found) if u is None else (torch.zeros_like(found) if u is False else u)
-            take = u & ~found
-            gamma = torch.where(take, (s * yv).sum(-1) / (yv * yv).sum(-1), gamma)
-            found = found | u
-            if active_all(found):
+            if u is None:
+                gamma, self._has_pairs = dot(s, yv) / dot(yv, yv), torch.ones_like(self._has_pairs)
                 break
+            take = u & ~self._has_pairs
+            gamma = torch.where(take, dot(s, yv) / dot(yv, yv), gamma)
+            self._has_pairs = self._has_pairs | u
         q = q * gamma[:, None]
-        for (s, yv, u), a in zip(zip(self.S, self.Y, used), reversed(alphas)):
-            b = (yv * q).sum(-1) / (yv * s).sum(-1)
-            c = a - b
-            if u is not None:
-                c = torch.where(u, c, torch.zeros_like(c)) if u is not False else torch.zeros_like(c)
-            q = q + c[:, None] * s
-        self._has_pairs = found
+        for (s, yv, r), a in zip(zip(self.S, self.Y, rhos), reversed(alphas)):
+            q = q + (a - r * dot(yv, q))[:, None] * s
         return -q
 
     def _first_length(self, g, eta):
         # no curvature pair yet: scale the first trial step as torch.optim.LBFGS does,
         # t = η min(1, 1/||g||_1), instead of a step of length η ||g|| along -g
+        if self.S and self.masks[-1] is None:
+            return eta
         first = eta * torch.clamp(1.0 / g.abs().sum(-1).double(), max=1.0)
         return torch.where(self._has_pairs, torch.full_like(first, float(eta)), first)
-
-
-def active_all(mask: Tensor) -> bool:
-    return mask.numel() == 1 and bool(mask.all())
 
 
 def _quasi_newton(view, x, eta, active, st, line_search="wolfe"):
