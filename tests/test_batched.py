@@ -296,3 +296,84 @@ def test_batched_stopping_options_freeze_each_sample_like_the_single_run():
         singles = [optimize(single(b), X0[b], "ig", steps=30, progress=False, damping="auto", **kw) for b in range(B)]
         _assert_same(rb, singles, 30)
         assert bool(rb.success.all()) and all(rs.success for rs in singles)
+
+
+# ---------------------------------------------------------------------------- one sample: one library
+#: every option of every method (read from physgrad.METHODS) with a value to run it with
+OPTION_CASES = {
+    "line_search": [None, "armijo", "wolfe"], "fallback": ["pinv"], "rcond": [1e-10], "init_scale": [True],
+    "history": [2], "betas": [(0.8, 0.99)], "eps": [1e-6], "damping": [0.1, "auto"], "solver": ["dense", "lsqr"],
+    "damping_scale": ["identity"], "maxiter": [50], "solver_tol": [1e-12], "jvp_mode": ["fwd"], "scale": [None],
+    "kappa": [1.0], "truncation": [1e-8],
+}
+_MATFREE = {"maxiter", "solver_tol", "jvp_mode", "scale"}
+
+
+def _option_cases():
+    cases = []
+    for m, spec in physgrad.METHODS.items():
+        base = {"step_size": 0.01} if spec.learning_rate else {}
+        cases.append((m, dict(base)))
+        for opt in spec.options + spec.state_options:
+            for v in OPTION_CASES[opt]:
+                if m != "newton" and opt == "line_search" and v == "wolfe" and m == "hig":
+                    continue
+                kw = dict(base, **{opt: v})
+                if opt in _MATFREE:
+                    kw["solver"] = "lsqr"
+                cases.append((m, kw))
+    return cases
+
+
+def _one_sample():
+    p, x0 = toy.toy(), toy.toy_x0()
+    pb = Problem(p.forward, p.target.reshape(1, -1), lambda y, a: p.inverse(y[0], a[0]).unsqueeze(0), batched=True)
+    return p, x0, pb, x0.unsqueeze(0)
+
+
+def test_option_table_covers_every_declared_option():
+    for m, spec in physgrad.METHODS.items():
+        assert set(spec.options + spec.state_options) <= set(OPTION_CASES), m
+
+
+@pytest.mark.parametrize("method,kw", _option_cases(), ids=[f"{m}-{kw}" for m, kw in _option_cases()])
+def test_one_sample_batched_run_ends_like_the_single_run(method, kw):
+    """The same status and success, single vs batched with B = 1, at the step limit and at tol."""
+    p, x0, pb, xb = _one_sample()
+    for run in (dict(steps=2), dict(steps=40, tol=1e-12)):
+        rs = optimize(p, x0, method, progress=False, **run, **kw)
+        rb = optimize(pb, xb, method, progress=False, **run, **kw)
+        assert int(rb.status[0]) == rs.status, (rs.message, rb.message)
+        assert bool(rb.success[0]) == rs.success == (rs.status == 0)
+        torch.testing.assert_close(rb.x[0], rs.x, rtol=RTOL, atol=TOL)
+
+
+BAD_INPUTS = [dict(step_size=True), dict(step_size=-1.0), dict(step_size="1"), dict(tol=float("inf")),
+              dict(tol=True), dict(atol=-1.0), dict(gtol=float("nan")), dict(xtol=float("inf")), dict(steps=-1),
+              dict(steps=2.5), dict(time_budget=-1.0), dict(on_nonfinite="ignore"), dict(no_such_option=1),
+              dict(state=physgrad.updates.LMState())]
+
+
+@pytest.mark.parametrize("method", list(physgrad.METHODS))
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=[next(iter(b)) + "=" + repr(next(iter(b.values()))) for b in BAD_INPUTS])
+def test_one_sample_bad_input_raises_the_same_error(method, bad):
+    p, x0, pb, xb = _one_sample()
+    kw = dict(steps=2, step_size=0.3, progress=False)
+    kw.update(bad)
+    errs = []
+    for prob, x in ((p, x0), (pb, xb)):
+        with pytest.raises((TypeError, ValueError)) as ei:
+            optimize(prob, x, method, **kw)
+        errs.append((type(ei.value), str(ei.value)))
+    assert errs[0] == errs[1]
+
+
+def test_step_limit_at_defaults_is_not_a_success_single_and_batched():
+    p, x0, pb, xb = _one_sample()
+    rs = optimize(p, x0, "gd", steps=5, step_size=0.01, tol=1e-12, progress=False)
+    rb = optimize(pb, xb, "gd", steps=5, step_size=0.01, tol=1e-12, progress=False)
+    assert float(rs.rel_losses[-1]) > 1e-12 and rs.status == 1 and not rs.success and not rs.converged
+    assert int(rb.status[0]) == 1 and not bool(rb.success[0])
+    assert f"L/L0 = {float(rs.rel_losses[-1]):.3g}" in rs.message and "L/L0" in rb.message
+    assert physgrad.STATUS[rs.status] == rb.status_message(0)
+    assert physgrad.batched.LEGACY_STATUS[0] == 1 and physgrad.batched.LEGACY_STATUS[1] == 0

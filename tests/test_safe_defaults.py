@@ -29,8 +29,8 @@ def decay_problem():
 
 
 # (method, options) at their defaults; gd/adam have no default learning rate by design
-DEFAULT_RUNS = [("gd", {"step_size": 1e-2}), ("adam", {"step_size": 1e-2}), ("newton", {}), ("bfgs", {}),
-                ("lbfgs", {}), ("ig", {}), ("ig", {"damping": "auto"}), ("pg", {}), ("hig", {})]
+DEFAULT_RUNS = [(m, {"step_size": 1e-2} if spec.learning_rate else {}) for m, spec in physgrad.METHODS.items()] + [
+    ("ig", {"damping": "auto"})]
 
 
 @pytest.mark.parametrize("method,kw", DEFAULT_RUNS, ids=[m + ("-auto" if kw.get("damping") else "")
