@@ -234,7 +234,7 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                     conv |= L <= tol * L0
                 if gtol is not None:
                     conv |= _norm(g_new) <= gtol
-                zero = active & (L == L_prev) & ~(x != x_prev).any(-1)  # a stall, never a met xtol
+                zero = active & (L == L_prev) & (L > 0) & ~(x != x_prev).any(-1)  # a stall, never a met xtol
                 if xtol is not None:
                     conv |= ~zero & (_norm(x - x_prev) <= xtol * (xtol + _norm(x)))
                 freeze(active & conv, E.CONVERGED)

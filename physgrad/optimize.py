@@ -10,10 +10,15 @@ trajectory. Every exception raised during the steps (divergence, a singular Hess
 inverse simulator, an exception from the user's forward or callback) carries the trajectory up
 to that point as ``err.result``; physgrad's own errors also name the step in their message.
 
-Outcome: :attr:`Result.status` (integer codes in :data:`STATUS`), :attr:`Result.success`,
-:attr:`Result.converged` and :attr:`Result.message`. A run that ends above its starting loss,
-stalls (zero update, Levenberg–Marquardt or line search find no decrease) or diverges says so
-in ``message`` and has ``success=False``.
+Outcome: :attr:`Result.status` (integer codes in :data:`STATUS`, shared with batched runs),
+:attr:`Result.success`, :attr:`Result.converged` and :attr:`Result.message`. As in scipy,
+``success`` means that a stopping criterion was met (``tol``, ``atol``, ``gtol``, ``xtol``, or
+L = 0); a run that ends at the step limit, the time budget or a callback stop, above its starting
+loss, stalls (a zero update ends the run at once; Levenberg–Marquardt or the line search find no
+decrease) or diverges says so in ``message`` and has ``success=False``.
+
+The step itself is the method's kernel from :data:`physgrad.updates.METHODS`, applied to the
+problem as a batch of one (:class:`physgrad.views.SingleView`); the loop knows no method by name.
 """
 
 from __future__ import annotations
@@ -323,11 +328,13 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                 if step.stalled:
                     status, message = run.stall(k, x, Lf, L0, "Levenberg-Marquardt stalled (no damping gives a decrease)")
                     break
-                if Lf == L_prev and torch.equal(x, x_prev):  # a zero update is a stall, never a met xtol
+                # a zero update above L = 0 is a stall, never a met xtol: it ends the run at once (at L = 0
+                # the run goes on, so that a trajectory that hits the solution exactly keeps its length)
+                if Lf == L_prev and Lf > 0 and torch.equal(x, x_prev):
                     status, message = run.stall(k, x, Lf, L0, "the last update was zero (no step length along "
                                                 "the direction lowers L, or the inverse returned x itself)")
                     break
-                if xtol is not None:
+                if xtol is not None and Lf > 0:
                     dx = x - x_prev if dx is None else dx
                     if float(torch.linalg.vector_norm(dx)) <= xtol * (xtol + float(torch.linalg.vector_norm(x))):
                         status, message = E.CONVERGED, (f"reached ||dx|| <= xtol (xtol + ||x||), xtol = {xtol:g}, "
