@@ -74,7 +74,7 @@ class BatchResult:
     nits
         ``(B,)``: steps each sample took before it was frozen.
     status
-        ``(B,)`` int codes of :data:`physgrad.errors.STATUS`, the same as :attr:`physgrad.Result.status`:
+        ``(B,)`` int codes of :data:`physgrad.errors.STATUS`, the same as :attr:`physgrad.optimize.Result.status`:
         0 converged, 1 step limit, 2 callback, 3 time budget, -1 non-finite or ran away,
         -2 stalled, -3 ended above its starting loss, -5 singular, -6 inverse failed.
     success, converged

@@ -34,7 +34,7 @@ EXCEPTION = -4      #: an exception was raised during the run (only on ``err.res
 SINGULAR = -5       #: a singular Hessian or a numerically zero Jacobian (batched runs; one problem raises)
 INVERSE_FAILED = -6  #: the inverse simulator returned NaN/Inf (batched runs; one problem raises)
 
-#: status code -> what it means; shared by :class:`physgrad.Result` and :class:`physgrad.BatchResult`
+#: status code -> what it means; shared by :class:`physgrad.optimize.Result` and :class:`physgrad.batched.BatchResult`
 STATUS = {
     CONVERGED: "converged: a stopping criterion was met (tol, atol, gtol, xtol), or L = 0",
     STEP_LIMIT: "reached the step limit before any stopping criterion",
