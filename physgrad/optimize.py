@@ -269,7 +269,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                 phase = "step"
                 xb = x.reshape(1, -1)
                 if y is not None:
-                    view.remember(xb, y)  # pg starts from P(x_k) of the last loss evaluation
+                    view.remember(xb, y, x)  # pg starts from P(x_k) of the last loss evaluation
                 try:
                     step = kernel(view, xb, step_size, None, state, **kw)
                 except PhysgradError as e:

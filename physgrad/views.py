@@ -38,14 +38,15 @@ class SingleView:
             self.n *= s
         self.m = problem.target.numel()
         self.check_inverse = check_inverse
-        self._cx = self._cy = None
+        self._cx = self._cy = self._cxn = None
 
     def count(self, key: str, k: int = 1) -> None:
         self.problem._count(key, k)
 
-    def remember(self, x: Tensor, y: Tensor) -> None:
-        """Keep ``y = P(x)`` (already computed by the caller) for the kernel that asks for it."""
-        self._cx, self._cy = x, y
+    def remember(self, x: Tensor, y: Tensor, x_natural: Optional[Tensor] = None) -> None:
+        """Keep ``y = P(x)`` (already computed by the caller, with ``x`` in the problem's shape if
+        given) for the kernel that asks for it."""
+        self._cx, self._cy, self._cxn = x, y, x_natural
 
     def output(self, x: Tensor) -> Tensor:
         """``P(x)`` in the problem's shape (the remembered one if ``x`` is the remembered point)."""
@@ -74,7 +75,7 @@ class SingleView:
         """``P^{-1}(P(x) + η (y* − P(x)); x)`` as ``(1, n)``, and ``None`` (no per-sample flag:
         a failing inverse raises)."""
         y0 = self.output(x)
-        xs = x.reshape(self.x_shape)
+        xs = self._cxn if x is self._cx and self._cxn is not None else x.reshape(self.x_shape)
         x_new = self.problem.apply_inverse(torch.lerp(y0, self.problem.target_like(y0), eta), xs,
                                            check=self.check_inverse)
         return x_new.reshape(1, -1), None
