@@ -21,17 +21,22 @@ within ``iters`` iterations, the inverse raises
 :class:`~physgrad.errors.InverseSimulatorError` (``on_fail="raise"``, default), or returns the
 best iterate found (``on_fail="best"``); either way ``inverse.last_info`` holds
 ``{"converged", "iterations", "residual_norm", "rel_residual", "lam"}`` of the last call.
+
+The same iteration runs on a batch of independent samples (``batched=True``): every sample has
+its own ``λ``, its own acceptance and its own stopping test; a single problem is the case of one
+sample.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
 from .errors import InverseSimulatorError
+from .linalg import damped, sanitize
 from .problem import Problem
+from .views import BatchView, SingleView
 
 __all__ = ["numerical_inverse"]
 
@@ -40,7 +45,8 @@ Tensor = torch.Tensor
 
 def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damping: float = 1e-8,
                       tol: float = 1e-10, solver: str = "dense", on_fail: str = "raise",
-                      solver_options=None, batched: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+                      solver_options=None, batched: bool = False,
+                      jacobian_mode: str = "auto") -> Callable[[Tensor, Tensor], Tensor]:
     """Build ``inverse(y, x0) -> x`` solving ``forward(x) = y`` near ``x0`` (see module docstring).
 
     Cost per iteration: one forward call plus either one dense Jacobian or one Krylov solve.
@@ -57,73 +63,96 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
         Relative residual at which the solve counts as converged.
     solver
         ``"dense"`` (forms ``J``; small problems) or ``"lsqr"``/``"cg"`` (matrix-free,
-        :func:`physgrad.matfree.solve_ls`).
+        :func:`physgrad.matfree.solve_ls`; one problem only).
     on_fail
-        ``"raise"`` or ``"best"`` (return the best iterate; check ``inverse.last_info``).
+        ``"raise"`` or ``"best"`` (return the best iterate; check ``inverse.last_info``); for a
+        batch also ``"nan"``: NaN rows for the samples that did not converge, which a batched
+        ``pg`` run reports as failed (status -6) while the other samples go on.
     solver_options
         Extra keyword arguments for :func:`physgrad.matfree.solve_ls`.
     batched
-        ``True``: ``forward`` maps ``(B, n) -> (B, m)`` with independent samples, and the inverse
-        runs the same iteration per sample, all samples at once
-        (:func:`physgrad.batched.numerical_inverse`; dense solver only; ``on_fail`` may also be
-        ``"nan"``). Use it for ``pg`` on a batched :class:`~physgrad.problem.Problem`.
+        ``True``: ``forward`` maps ``(B, *x_shape) -> (B, *y_shape)`` with independent samples
+        (always called on the full batch; per-sample Jacobians from
+        :func:`physgrad.views.batch_jacobian`), and every sample runs its own iteration, all at
+        once. Use it for ``pg`` on a batched :class:`~physgrad.problem.Problem`.
+        ``inverse.last_info`` then holds per-sample tensors.
+    jacobian_mode
+        The :class:`~physgrad.problem.Problem` Jacobian mode of the inner problem.
     """
-    if batched:
-        from . import batched as _b
-
-        if solver != "dense" or solver_options:
-            raise ValueError("numerical_inverse(batched=True) supports solver='dense' only")
-        return _b.numerical_inverse(forward, iters=iters, damping=damping, tol=tol, on_fail=on_fail)
     if solver not in ("dense", "lsqr", "cg"):
         raise ValueError(f"solver must be 'dense', 'lsqr' or 'cg', got {solver!r}")
-    if on_fail not in ("raise", "best"):
-        raise ValueError(f"on_fail must be 'raise' or 'best', got {on_fail!r}")
+    if batched and (solver != "dense" or solver_options):
+        raise ValueError("numerical_inverse(batched=True) supports solver='dense' only")
+    if on_fail not in (("raise", "best", "nan") if batched else ("raise", "best")):
+        raise ValueError(f"on_fail must be 'raise' or 'best'{', or nan' if batched else ''}, got {on_fail!r}")
     if iters < 1 or damping < 0:
         raise ValueError("iters must be >= 1 and damping >= 0")
     solver_options = dict(solver_options or {})
 
     def inverse(y: Tensor, x0: Tensor) -> Tensor:
-        from .linalg import damped_solve
-
         y = y.detach()
-        prob = Problem(forward, y, name="numerical inverse")
-        x = x0.detach().clone()
-        r = prob.simulate(x) - y  # counted: optimize reports it as inverse_forward
-        rn = float(torch.linalg.vector_norm(r))
-        target = tol * max(float(torch.linalg.vector_norm(y)), rn)
-        lam = float(damping)
-        it = 0
-        info = inverse.last_info = {"converged": rn <= target, "iterations": 0, "residual_norm": rn,
-                                    "rel_residual": rn / max(target / tol, 1e-300), "lam": lam}
-        while rn > target and it < iters:
-            it += 1
+        prob = Problem(forward, y, name="numerical inverse", jacobian_mode=jacobian_mode, batched=batched)
+        view = BatchView(prob, x0) if batched else SingleView(prob, x0.shape)
+        B, f64 = view.B, torch.float64
+        x = x0.detach().reshape(B, -1).clone()
+        r = view.residual(x)  # counted: optimize reports it as inverse_forward
+        rn = torch.linalg.vector_norm(r, dim=-1).to(f64)
+        ynorm = torch.linalg.vector_norm(y.reshape(B, -1), dim=-1).to(f64)
+        target = tol * torch.maximum(ynorm, rn)
+        lam = torch.full((B,), float(damping), dtype=f64, device=x.device)
+        it = torch.zeros(B, dtype=torch.long, device=x.device)
+        broken = torch.zeros(B, dtype=torch.bool, device=x.device)
+        while True:
+            act = (rn > target) & (it < iters) & ~broken
+            if not bool(act.any()):
+                break
+            it = it + act.long()
             if solver == "dense":
-                J = prob.jacobian(x)
-                # Marquardt-scaled damping; damped_solve falls back to the pseudo-inverse at lam = 0
-                d = damped_solve(J, -r.reshape(-1), lam, (J * J).sum(0)).reshape(x.shape)
+                J = view.jacobian(x)
+                ok = torch.isfinite(J).flatten(1).all(-1)
+                J = sanitize(J, ok)
+                # Marquardt-scaled damping; λ = 0 is the pseudo-inverse
+                d, _ = damped(J, -r, lam, (J * J).sum(-2))
             else:
                 from . import matfree
 
                 opts = {"tol": 1e-12, **solver_options}
-                d, _ = matfree.solve_ls(prob, x, -r, damping=lam, method=solver, **opts)
-            xt = x + d
-            rt = prob.simulate(xt) - y
-            rtn = float(torch.linalg.vector_norm(rt))
-            if math.isfinite(rtn) and rtn < rn:
-                x, r, rn = xt, rt, rtn
-                lam = max(lam / 3.0, float(damping))
-            else:
-                lam = max(lam, 1e-12) * 10.0
-                if lam > 1e30:
-                    break
-        info.update(converged=rn <= target, iterations=it, residual_norm=rn,
-                    rel_residual=rn / max(target / tol, 1e-300), lam=lam)
-        if not info["converged"] and on_fail == "raise":
-            raise InverseSimulatorError(
-                f"numerical_inverse did not converge: ||P(x) - y|| = {rn:.3g} after {it} iterations "
-                f"(needed <= {target:.3g}). The requested y may be out of P's range near x0; take a "
-                "smaller step_size, raise iters, or pass on_fail='best'.")
-        return x
+                d, _ = matfree.solve_ls(prob, x.reshape(x0.shape), -r.reshape(y.shape), damping=float(lam),
+                                        method=solver, **opts)
+                d, ok = d.reshape(B, -1), torch.ones_like(act)
+            d = torch.where(act[:, None], d, torch.zeros_like(d))
+            rt = view.residual(x + d)
+            rtn = torch.linalg.vector_norm(rt, dim=-1).to(f64)
+            acc = act & torch.isfinite(rtn) & (rtn < rn)
+            x, r = torch.where(acc[:, None], x + d, x), torch.where(acc[:, None], rt, r)
+            rn = torch.where(acc, rtn, rn)
+            lam = torch.where(acc, torch.clamp(lam / 3.0, min=float(damping)), lam)
+            rej = act & ~acc
+            lam = torch.where(rej, torch.clamp(lam, min=1e-12) * 10.0, lam)
+            broken = broken | (rej & (lam > 1e30)) | (act & ~ok)
+        conv = rn <= target
+        rel = rn / torch.clamp(target / tol, min=1e-300)
+        if batched:
+            inverse.last_info = {"converged": conv, "iterations": it, "residual_norm": rn, "rel_residual": rel,
+                                 "lam": lam}
+        else:
+            inverse.last_info = {"converged": bool(conv), "iterations": int(it), "residual_norm": float(rn),
+                                 "rel_residual": float(rel), "lam": float(lam)}
+        if not bool(conv.all()):
+            bad = torch.nonzero(~conv).flatten().tolist()
+            if on_fail == "raise" and batched:
+                raise InverseSimulatorError(
+                    f"numerical_inverse (batched) did not converge for {len(bad)} of {B} samples "
+                    f"(first: {bad[:10]}); take a smaller step_size, raise iters, or pass on_fail='best' "
+                    "or on_fail='nan' (per-sample failure in a batched pg run).")
+            if on_fail == "raise":
+                raise InverseSimulatorError(
+                    f"numerical_inverse did not converge: ||P(x) - y|| = {float(rn):.3g} after {int(it)} iterations "
+                    f"(needed <= {float(target):.3g}). The requested y may be out of P's range near x0; take a "
+                    "smaller step_size, raise iters, or pass on_fail='best'.")
+            if on_fail == "nan":
+                x = torch.where(conv[:, None], x, torch.full_like(x, float("nan")))
+        return x.reshape(x0.shape)
 
     inverse.last_info = {}
     return inverse

@@ -1,4 +1,4 @@
-r"""Dense linear algebra behind the inverted updates.
+r"""Dense linear algebra behind the inverted updates, over a leading batch axis.
 
 One spectral step covers most of the book (chapter 4 and the HIG chapter): with the thin SVD
 ``J = U Σ V^T`` and a residual-like vector ``r``,
@@ -12,17 +12,25 @@ step for ``κ = 1/2`` and a gradient-like step ``J^T r`` for ``κ = -1``. Singul
 Least-squares problems are solved through the SVD (never the normal equations), so rank
 deficiency is an ordinary, handled case. Damped solves use Marquardt's diagonal scaling
 ``λ · diag(J^T J)`` by default, which keeps the step invariant under a rescaling of P.
+
+:func:`spectral`, :func:`damped`, :func:`symmetric` and :func:`descent_direction` take matrices
+``(..., m, n)`` with any leading batch axes (one block per sample, as :mod:`torch.linalg` does)
+and return ``(solution, flag)`` per block; they never raise for one bad block. The public
+``*_solve`` functions are their one-matrix forms and raise
+:class:`~physgrad.errors.SingularMatrixError` with a message that says what to do.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
 from .errors import SingularMatrixError
 
-__all__ = ["default_rcond", "spectral_solve", "pinv_solve", "damped_solve", "symmetric_solve"]
+__all__ = ["default_rcond", "spectral_solve", "pinv_solve", "damped_solve", "symmetric_solve",
+           "spectral", "damped", "symmetric", "descent_direction", "sanitize"]
 
 Tensor = torch.Tensor
 
@@ -30,6 +38,46 @@ Tensor = torch.Tensor
 def default_rcond(A: Tensor) -> float:
     """Relative cut-off for 'numerically zero' singular values: ``max(m, n) · eps(dtype)``."""
     return max(A.shape[-2:]) * torch.finfo(A.dtype).eps
+
+
+def sanitize(M: Tensor, ok: Tensor) -> Tensor:
+    """Zero the blocks of the samples that are not ``ok`` (frozen or non-finite), so that one bad
+    block cannot make a batched LAPACK call fail for every sample."""
+    return torch.where(ok.reshape(-1, *([1] * (M.ndim - 1))), M, torch.zeros((), dtype=M.dtype, device=M.device))
+
+
+def _mv(A: Tensor, v: Tensor) -> Tensor:
+    return (A @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _spectral(J: Tensor, r: Tensor, kappa: float, truncation: Optional[float]):
+    if J.shape[-2] < J.shape[-1]:  # wide J: LAPACK's SVD is faster on the tall transpose
+        V, S, Uh = torch.linalg.svd(J.mT, full_matrices=False)
+        U, Vh = Uh.mT, V.mT
+    else:
+        U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+    tol = default_rcond(J) if truncation is None else float(truncation)
+    smax = S[..., :1] if S.shape[-1] else torch.zeros(S.shape[:-1] + (1,), dtype=S.dtype, device=S.device)
+    keep = S > tol * smax
+    coeff = torch.where(keep, _mv(U.mT, r) * torch.where(keep, S, torch.ones_like(S)).pow(-kappa),
+                        torch.zeros_like(S))
+    return _mv(Vh.mT, coeff), keep, S
+
+
+def spectral(J: Tensor, r: Tensor, kappa: float = 1.0, truncation: Optional[float] = None):
+    r"""``V Σ^{-κ} U^T r`` per block: ``J`` ``(..., m, n)``, ``r`` ``(..., m)``. Returns
+    ``(dx (..., n), singular (...))``; ``singular`` marks a numerically zero ``J`` (every
+    singular value dropped, ``dx = 0``)."""
+    dx, keep, _ = _spectral(J, r, kappa, truncation)
+    return dx, ~keep.any(-1)
+
+
+def zero_matrix_error(smax: float) -> SingularMatrixError:
+    """The error of a spectral solve whose matrix is numerically zero."""
+    return SingularMatrixError(
+        "the matrix to invert is numerically zero (largest singular value "
+        f"{smax:.3g}); there is no direction to invert. The Jacobian vanishes at this x: "
+        "start elsewhere, or use a first-order method (gd/adam) here.")
 
 
 def spectral_solve(J: Tensor, r: Tensor, kappa: float = 1.0, truncation: Optional[float] = None):
@@ -49,23 +97,10 @@ def spectral_solve(J: Tensor, r: Tensor, kappa: float = 1.0, truncation: Optiona
     """
     if J.ndim != 2 or r.ndim != 1 or J.shape[0] != r.shape[0]:
         raise ValueError(f"spectral_solve expects J (m, n) and r (m,), got {tuple(J.shape)} and {tuple(r.shape)}")
-    if J.shape[0] < J.shape[1]:  # wide J: LAPACK's SVD is faster on the tall transpose
-        V, S, Uh = torch.linalg.svd(J.mT, full_matrices=False)
-        U, Vh = Uh.mT, V.mT
-    else:
-        U, S, Vh = torch.linalg.svd(J, full_matrices=False)
-    tol = default_rcond(J) if truncation is None else float(truncation)
-    smax = S[0] if S.numel() else torch.zeros((), dtype=S.dtype, device=S.device)
-    keep = S > tol * smax
+    dx, keep, S = _spectral(J, r, kappa, truncation)
     rank = int(keep.sum())
     if rank == 0:
-        raise SingularMatrixError(
-            "the matrix to invert is numerically zero (largest singular value "
-            f"{float(smax):.3g}); there is no direction to invert. The Jacobian vanishes at this x: "
-            "start elsewhere, or use a first-order method (gd/adam) here."
-        )
-    coeff = (U[:, keep].mT @ r) * S[keep].pow(-kappa)
-    dx = Vh[keep].mT @ coeff
+        raise zero_matrix_error(float(S[0]) if S.numel() else 0.0)
     return dx, {"singular_values": S, "rank": rank, "dropped": int(S.numel() - rank)}
 
 
@@ -73,6 +108,29 @@ def pinv_solve(J: Tensor, r: Tensor, rcond: Optional[float] = None) -> Tensor:
     r"""Minimum-norm least-squares solution ``J^+ r`` (SVD pseudo-inverse, numerically-zero
     singular values dropped). Works for square, tall and wide ``J``."""
     return spectral_solve(J, r, kappa=1.0, truncation=rcond)[0]
+
+
+def damped(J: Tensor, r: Tensor, lam, scale: Optional[Tensor] = None):
+    r"""``argmin ||J dx − r||² + λ ||D dx||²`` per block, ``D² = diag(scale)`` (identity if
+    ``None``), with ``λ`` a number or one value per block. Solved as the stacked least-squares
+    problem ``[J; sqrt(λ) D] dx = [r; 0]`` through the SVD (no normal equations); ``λ = 0`` is the
+    pseudo-inverse. Returns ``(dx, singular)`` as :func:`spectral`."""
+    if not torch.is_tensor(lam):
+        if lam == 0:
+            return spectral(J, r)
+        lam = torch.full(J.shape[:-2], float(lam), dtype=J.dtype, device=J.device)
+    lam = lam.to(J.dtype)
+    n = J.shape[-1]
+    d = torch.ones(J.shape[:-2] + (n,), dtype=J.dtype, device=J.device) if scale is None else scale.to(J)
+    A = torch.cat([J, torch.diag_embed((lam[..., None] * d).sqrt())], dim=-2)
+    b = torch.cat([r, torch.zeros(r.shape[:-1] + (n,), dtype=r.dtype, device=r.device)], dim=-1)
+    dx, singular = spectral(A, b)
+    zero = lam == 0
+    if bool(zero.any()):
+        dx0, sing0 = spectral(J, r)
+        dx = torch.where(zero[..., None], dx0, dx)
+        singular = torch.where(zero, sing0, singular)
+    return dx, singular
 
 
 def damped_solve(J: Tensor, r: Tensor, damping: float, scale: Optional[Tensor] = None) -> Tensor:
@@ -85,13 +143,40 @@ def damped_solve(J: Tensor, r: Tensor, damping: float, scale: Optional[Tensor] =
     """
     if damping < 0:
         raise ValueError(f"damping must be >= 0, got {damping}")
-    n = J.shape[1]
-    if damping == 0:
-        return pinv_solve(J, r)
-    d = torch.ones(n, dtype=J.dtype, device=J.device) if scale is None else scale.to(J)
-    A = torch.cat([J, torch.diag((damping * d).sqrt())], dim=0)
-    b = torch.cat([r, torch.zeros(n, dtype=r.dtype, device=r.device)])
-    return pinv_solve(A, b)
+    dx, singular = damped(J, r, float(damping), scale)
+    if bool(singular):
+        raise zero_matrix_error(float(torch.linalg.matrix_norm(J, 2)) if J.numel() else 0.0)
+    return dx
+
+
+def _eigh(H: Tensor, rcond: Optional[float]):
+    lam, Q = torch.linalg.eigh(0.5 * (H + H.mT))
+    tol = default_rcond(H) if rcond is None else float(rcond)
+    amax = lam.abs().amax(-1, keepdim=True) if lam.shape[-1] else torch.zeros(lam.shape[:-1] + (1,), dtype=lam.dtype)
+    return lam, Q, amax, tol
+
+
+def symmetric(H: Tensor, g: Tensor, rcond: Optional[float] = None, fallback: str = "raise"):
+    r"""``H^{-1} g`` per symmetric block through ``eigh``. A block is singular when
+    ``min |λ_i| <= rcond · max |λ_i|``; then ``fallback`` decides: ``"raise"`` only flags it
+    (``singular`` is true), ``"pinv"`` drops the near-zero eigenvalues, ``"gd"`` returns ``g``.
+    Returns ``(dx, singular)``."""
+    if fallback not in ("raise", "pinv", "gd"):
+        raise ValueError(f"fallback must be 'raise', 'pinv' or 'gd', got {fallback!r}")
+    lam, Q, amax, tol = _eigh(H, rcond)
+    keep = lam.abs() > tol * amax
+    regular = keep.all(-1) & (amax[..., 0] > 0)
+    Qg = _mv(Q.mT, g)
+    safe = torch.where(keep, lam, torch.ones_like(lam))
+    full = _mv(Q, Qg / safe)
+    if fallback == "raise":
+        return full, ~regular
+    if fallback == "pinv":
+        part = _mv(Q, torch.where(keep, Qg / safe, torch.zeros_like(Qg)))
+        part = torch.where((amax > 0), part, g)
+    else:
+        part = g
+    return torch.where(regular[..., None], full, part), torch.zeros_like(regular)
 
 
 def symmetric_solve(H: Tensor, g: Tensor, rcond: Optional[float] = None, fallback: str = "raise") -> Tensor:
@@ -103,22 +188,35 @@ def symmetric_solve(H: Tensor, g: Tensor, rcond: Optional[float] = None, fallbac
     (pseudo-inverse); ``"gd"`` returns ``g`` itself, i.e. the first-order step the book names as
     the fallback for non-invertible Hessians (chapter 3).
     """
-    if fallback not in ("raise", "pinv", "gd"):
-        raise ValueError(f"fallback must be 'raise', 'pinv' or 'gd', got {fallback!r}")
-    Hs = 0.5 * (H + H.mT)
-    lam, Q = torch.linalg.eigh(Hs)
-    tol = default_rcond(H) if rcond is None else float(rcond)
-    amax = lam.abs().max()
-    keep = lam.abs() > tol * amax
-    if bool(keep.all()) and float(amax) > 0:
-        return Q @ ((Q.mT @ g) / lam)
-    if fallback == "raise":
-        raise SingularMatrixError(
-            f"the Hessian is singular ({int((~keep).sum())} of {lam.numel()} eigenvalues are numerically "
-            f"zero; |lambda|_max = {float(amax):.3g}). Newton's step is undefined here. Pass "
-            "fallback='pinv' (drop those directions) or fallback='gd' (first-order step), or use an "
-            "inverse-gradient method (method='ig' / 'hig')."
-        )
-    if fallback == "gd" or float(amax) == 0:
-        return g.clone()
-    return Q[:, keep] @ ((Q[:, keep].mT @ g) / lam[keep])
+    dx, singular = symmetric(H, g, rcond, fallback)
+    if bool(singular):
+        raise singular_hessian_error(H, rcond)
+    return dx
+
+
+def singular_hessian_error(H: Tensor, rcond: Optional[float] = None) -> SingularMatrixError:
+    """The error of a Newton step whose Hessian is singular (counts its zero eigenvalues)."""
+    lam, _, amax, tol = _eigh(H, rcond)
+    nzero = int((lam.abs() <= tol * amax).sum())
+    return SingularMatrixError(
+        f"the Hessian is singular ({nzero} of {lam.numel()} eigenvalues are numerically "
+        f"zero; |lambda|_max = {float(amax.max()):.3g}). Newton's step is undefined here. Pass "
+        "fallback='pinv' (drop those directions) or fallback='gd' (first-order step), or use an "
+        "inverse-gradient method (method='ig' / 'hig').")
+
+
+def descent_direction(H: Tensor, g: Tensor, rcond: Optional[float] = None):
+    r"""Newton direction ``p = −H^{-1} g`` that is guaranteed to descend (``g·p < 0`` for g ≠ 0),
+    per block. Where the symmetric part of ``H`` is positive definite (every eigenvalue above
+    ``rcond · max|λ|``) ``p`` is the exact Newton direction. Otherwise the eigenvalues are
+    modified to ``max(|λ_i|, √eps · max|λ|)`` (negative curvature flipped, near-zero curvature
+    floored; Nocedal & Wright §3.4), and a zero Hessian gives ``p = −g``.
+    Returns ``(p, modified)``."""
+    lam, Q, amax, tol = _eigh(H, rcond)
+    nonzero = amax[..., 0] > 0
+    pd = (lam > tol * amax).all(-1) & nonzero
+    floor = math.sqrt(torch.finfo(lam.dtype).eps) * amax
+    denom = torch.where(pd[..., None], lam, torch.maximum(lam.abs(), floor))
+    denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+    p = -_mv(Q, _mv(Q.mT, g) / denom)
+    return torch.where(nonzero[..., None], p, -g), ~pd

@@ -1,4 +1,4 @@
-r"""One function per update of the book. Each returns the step ``Δx`` (shaped like ``x``).
+r"""The updates of the book: one kernel per method, and the one-step functions of the chapters.
 
 Notation (chapters 2–5): ``L(x) = ½||P(x) − y*||²``, ``g = ∇L``, ``J = ∂P/∂x``,
 ``H = ∂²L/∂x²``, ``η`` = ``step_size``, and for the inverted methods
@@ -14,47 +14,97 @@ function    update                                                 book equation
 ``lbfgs``   limited-memory BFGS (two-loop recursion)                (ch. 3, ch. 7)
 ``ig``      ``Δx = J^+ Δy`` (optionally damped / adaptive LM)       ``ig-update`` (ch. 4)
 ``pg``      ``Δx = P^{-1}(P(x) + Δy; x) − x``                      ``pg-update`` (ch. 5)
-``hig``     ``Δx = η V Σ^{-κ} U^T (y* − P(x))``                    ``hig-update`` (ch. 8)   
+``hig``     ``Δx = η V Σ^{-κ} U^T (y* − P(x))``                    ``hig-update`` (ch. 8)
 ==========  =====================================================  ======================
 
-Stateful methods (``adam``, ``bfgs``, ``lbfgs``, ``ig`` with ``damping="auto"``) take a
-``state`` object that the caller creates once (``state = BFGSState()``) and passes to every
-call; the function updates it in place. :func:`physgrad.optimize` does this for you.
+Each function above computes one step ``Δx`` for one problem, shaped like ``x``. Stateful
+methods (``adam``, ``bfgs``, ``lbfgs``, ``ig`` with ``damping="auto"``) take a ``state`` object
+that the caller creates once (``state = BFGSState()``) and passes to every call; the function
+updates it in place. :func:`physgrad.optimize` does this for you.
+
+Behind every function stands one **kernel** ``kernel(view, x, η, active, state, **options) ->``
+:class:`Step`. It works on ``B`` samples at once: ``x`` is ``(B, n)``, ``view`` is a
+:mod:`physgrad.views` object, and ``active`` is a ``(B,)`` mask of the samples still running, or
+``None`` for one problem (then the kernel skips every mask and raises on a singular matrix). The
+same kernel serves :func:`physgrad.optimize` for one problem, the batched loop of
+:mod:`physgrad.batched`, and the functions above. :data:`METHODS` declares each method once: its
+kernel, options, state, and whether η is a learning rate, which dtypes it supports, and so on.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
-from .errors import NonFiniteError
-from .linalg import damped_solve, spectral_solve, symmetric_solve
-from .problem import Problem
+from . import errors as E
+from .linalg import damped, descent_direction, sanitize, singular_hessian_error, spectral, symmetric, \
+    zero_matrix_error
+from .linesearch import check_kind, search, wolfe_search  # noqa: F401 (wolfe_search: public here)
+from .problem import Problem, _dense_bytes, check_memory
+from .views import SingleView
 
 __all__ = [
     "gd", "adam", "newton", "bfgs", "lbfgs", "ig", "pg", "pg_point", "hig",
     "AdamState", "BFGSState", "LBFGSState", "LMState", "y_step", "descent_newton_direction",
+    "Step", "Method", "METHODS",
 ]
 
 Tensor = torch.Tensor
 
 
-def _flat(t: Tensor) -> Tensor:
-    return t.reshape(-1)
+class Step(NamedTuple):
+    """What a kernel returns. ``dx`` ``(B, n)`` (``None`` when only ``x_next`` is known);
+    ``fail`` ``(B,)`` status codes of :mod:`physgrad.errors` (0: none; ``None`` on one problem);
+    ``x_next`` the new iterate when the method computes it directly (pg); ``stalled`` true (per
+    sample) when the method found no decrease at all (adaptive LM)."""
+
+    dx: Optional[Tensor]
+    fail: Optional[Tensor] = None
+    x_next: Optional[Tensor] = None
+    stalled: Union[None, bool, Tensor] = None
 
 
-def y_step(prob: Problem, x: Tensor, step_size: float) -> Tensor:
-    r"""The requested change in y-space, ``Δy = η (y* − P(x))`` (chapter 4, eq. ``ig-update``)."""
-    return -step_size * prob.residual(x)
+def _fail(active, ok=None, singular=None):
+    """Per-sample failure codes of a batched step (``None`` for one problem)."""
+    if active is None:
+        return None
+    code = torch.zeros(active.shape, dtype=torch.long, device=active.device)
+    if singular is not None:
+        code = torch.where(active & singular, E.SINGULAR, code)
+    if ok is not None:
+        code = torch.where(active & ~ok, E.NONFINITE, code)
+    return code
 
 
-# ----------------------------------------------------------------------------- first order
-def gd(prob: Problem, x: Tensor, step_size: float) -> Tensor:
-    r"""Gradient descent, ``Δx = −η ∂L/∂x`` (chapter 2, eq. ``gd-update``)."""
-    return -step_size * prob.grad(x)
+def _finite_rows(active, *ts):
+    """The active samples whose tensors are all finite (``None`` on one problem)."""
+    if active is None:
+        return None
+    ok = active
+    for t in ts:
+        ok = ok & torch.isfinite(t).flatten(1).all(-1)
+    return ok
+
+
+def _clean(M, ok):
+    return M if ok is None else sanitize(M, ok)
+
+
+def _run(active, fail):
+    return None if active is None else active & (fail == 0)
+
+
+def _search(kind, view, x, L, g, p, t0, active):
+    return search(kind, view.losses, view.value_and_grad, x, L, g, p, t0, active)
+
+
+# ============================================================================ kernels
+def _gd(view, x, eta, active, st):
+    _, g = view.value_and_grad(x)
+    return Step(-eta * g)
 
 
 @dataclass
@@ -67,6 +117,469 @@ class AdamState:
     _opt: Optional[torch.optim.Optimizer] = None
 
 
+def _adam(view, x, eta, active, st):
+    p = st._param
+    if p is None or p.shape != x.shape or p.dtype != x.dtype or p.device != x.device:
+        st._param = x.detach().clone().requires_grad_(True)
+        st._opt = torch.optim.Adam([st._param], lr=eta, betas=st.betas, eps=st.eps)
+    for group in st._opt.param_groups:
+        group["lr"] = eta
+    with torch.no_grad():
+        st._param.copy_(x)
+    st._param.grad = view.value_and_grad(x)[1].detach().clone()
+    st._opt.step()
+    return Step((st._param.detach() - x).clone())
+
+
+def _newton(view, x, eta, active, st, fallback="raise", rcond=None, line_search="armijo"):
+    check_kind(line_search)
+    g, H = view.grad_and_hessian(x)
+    ok = _finite_rows(active, g, H)
+    H, g = _clean(H, ok), _clean(g, ok)
+    if line_search is None:  # the textbook step with the unmodified Hessian
+        sol, singular = symmetric(H, g, rcond, fallback)
+        if active is None and fallback == "raise" and bool(singular):
+            raise singular_hessian_error(H[0], rcond)
+        return Step(-eta * sol, _fail(active, ok, singular))
+    p, modified = descent_direction(H, g, rcond)
+    fail = _fail(active, ok)
+    run = _run(active, fail)
+    k = int(modified.sum() if run is None else (modified & run).sum())
+    if k:
+        view.count("hessian_modified", k)
+    t = _search(line_search, view, x, view.losses(x), g, p, eta, run)
+    return Step(t[:, None] * p, fail)
+
+
+# ----------------------------------------------------------------------------- quasi-Newton
+def _curvature_ok(s, yv):
+    sy = (s * yv).sum(-1)
+    return sy, (sy > 1e-12 * (s.norm(dim=-1) * yv.norm(dim=-1))) & (sy > 0)
+
+
+@dataclass
+class BFGSState:
+    r"""State of :func:`bfgs`: the inverse-Hessian approximation and the last (x, g), one per
+    sample (``H`` is ``(B, n, n)``; :attr:`B` is the matrix of a single problem).
+
+    ``init_scale=False`` (default) starts from ``B_0 = I``, so the first step is a GD step of
+    size η; ``True`` applies the standard scaling ``B_0 = (s^T y / y^T y) I`` right before the
+    first update (Nocedal & Wright, eq. 6.20)."""
+
+    init_scale: bool = False
+    H: Optional[Tensor] = None
+    x_prev: Optional[Tensor] = None
+    g_prev: Optional[Tensor] = None
+    fresh: Optional[Tensor] = None
+    skips: Optional[Tensor] = None
+
+    @property
+    def B(self) -> Optional[Tensor]:
+        """The matrix ``B_k ≈ H^{-1}`` (``(n, n)`` for one problem, ``(B, n, n)`` for a batch)."""
+        return None if self.H is None else (self.H[0] if self.H.shape[0] == 1 else self.H)
+
+    @property
+    def skipped(self):
+        """Updates skipped because ``y^T s <= 0``."""
+        if self.skips is None:
+            return 0
+        return int(self.skips[0]) if self.skips.numel() == 1 else self.skips
+
+    # the strategy of the shared quasi-Newton kernel
+    def _start(self, x):
+        B, n = x.shape
+        if self.H is None:
+            check_memory(B * _dense_bytes(n, n, x.dtype), f"the dense {n}x{n} BFGS matrix")
+            self.H = torch.eye(n, dtype=x.dtype, device=x.device).expand(B, n, n).clone()
+            self.fresh = torch.ones(B, dtype=torch.bool, device=x.device)
+            self.skips = torch.zeros(B, dtype=torch.long, device=x.device)
+        elif self.H.shape != (B, n, n):
+            raise ValueError(f"this BFGSState holds {tuple(self.H.shape)} matrices, but the run has {B} sample(s) "
+                             f"of {n} unknowns; pass a fresh state")
+
+    def _update(self, s, yv, active):
+        sy, ok = _curvature_ok(s, yv)
+        if active is not None:
+            ok = ok & active
+        if self.init_scale:
+            sc = ok & self.fresh & (self.skips == 0)
+            gamma = sy / torch.where(sc, (yv * yv).sum(-1), torch.ones_like(sy))
+            self.H = torch.where(sc[:, None, None], gamma[:, None, None] * self.H, self.H)
+        rho = 1.0 / torch.where(ok, sy, torch.ones_like(sy))
+        V = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device) - rho[:, None, None] * (yv[:, :, None] * s[:, None, :])
+        Hn = V.mT @ self.H @ V + rho[:, None, None] * (s[:, :, None] * s[:, None, :])
+        self.H = torch.where(ok[:, None, None], Hn, self.H)
+        self.fresh = self.fresh & ~ok
+        self.skips = self.skips + ((~ok) if active is None else (active & ~ok)).long()
+
+    def _direction(self, g):
+        return -(self.H @ g.unsqueeze(-1)).squeeze(-1)
+
+    def _first_length(self, g, eta):
+        return eta
+
+
+@dataclass
+class LBFGSState:
+    """State of :func:`lbfgs`: the last ``history`` pairs (s, y) of each sample.
+
+    ``s`` and ``y`` list the pairs of a single problem, oldest first. In a batch, a pair that
+    violates the curvature condition for some samples is kept with a per-sample mask, so each
+    sample uses its own last ``history`` valid pairs, as its single run would."""
+
+    history: int = 10
+    S: list = field(default_factory=list)
+    Y: list = field(default_factory=list)
+    R: list = field(default_factory=list)      # ρ = 1 / (y^T s) per pair and sample (0 where invalid)
+    masks: list = field(default_factory=list)  # per pair: the samples for which it is valid (None: all)
+    x_prev: Optional[Tensor] = None
+    g_prev: Optional[Tensor] = None
+
+    @property
+    def s(self) -> list:
+        return [t[0] if t.shape[0] == 1 else t for t in self.S]
+
+    @property
+    def y(self) -> list:
+        return [t[0] if t.shape[0] == 1 else t for t in self.Y]
+
+    def _start(self, x):
+        if self.x_prev is not None and self.x_prev.shape != x.shape:
+            raise ValueError(f"this LBFGSState holds pairs of shape {tuple(self.x_prev.shape)}, but the run's x is "
+                             f"{tuple(x.shape)}; pass a fresh state")
+
+    def _update(self, s, yv, active):
+        sy, ok = _curvature_ok(s, yv)
+        if active is None:  # one problem: keep only valid pairs, no masks
+            if not bool(ok.all()):
+                return
+            ok, rho = None, 1.0 / sy
+        else:
+            ok = ok & active
+            if not bool(ok.any()):
+                return
+            rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        self.S.append(s)
+        self.Y.append(yv)
+        self.R.append(rho)
+        self.masks.append(ok)
+        while len(self.S) > self.history and (self.masks[0] is None or not bool(self._used()[0].any())):
+            del self.S[0], self.Y[0], self.R[0], self.masks[0]
+
+    def _used(self):
+        """Per pair, the samples that use it (each sample's last ``history`` valid pairs; ``None``:
+        every sample)."""
+        used, c = [None] * len(self.S), 0
+        for j in range(len(self.S) - 1, -1, -1):
+            m = self.masks[j]
+            if m is not None:
+                c = c + m.long()
+                used[j] = m & (c <= self.history)
+        return used
+
+    def _direction(self, g):
+        used = self._used()
+        rhos = [r if u is None else r * u for r, u in zip(self.R, used)]
+        dot = torch.linalg.vecdot
+        q, alphas = g.clone(), []
+        for s, yv, r in zip(reversed(self.S), reversed(self.Y), reversed(rhos)):
+            a = r * dot(s, q)
+            alphas.append(a)
+            q = q - a[:, None] * yv
+        gamma = torch.ones_like(g[:, 0])
+        self._has_pairs = torch.zeros_like(g[:, 0], dtype=torch.bool)
+        for s, yv, u in zip(reversed(self.S), reversed(self.Y), reversed(used)):
+            if u is None:
+                gamma, self._has_pairs = dot(s, yv) / dot(yv, yv), torch.ones_like(self._has_pairs)
+                break
+            take = u & ~self._has_pairs
+            gamma = torch.where(take, dot(s, yv) / dot(yv, yv), gamma)
+            self._has_pairs = self._has_pairs | u
+        q = q * gamma[:, None]
+        for (s, yv, r), a in zip(zip(self.S, self.Y, rhos), reversed(alphas)):
+            q = q + (a - r * dot(yv, q))[:, None] * s
+        return -q
+
+    def _first_length(self, g, eta):
+        # no curvature pair yet: scale the first trial step as torch.optim.LBFGS does,
+        # t = η min(1, 1/||g||_1), instead of a step of length η ||g|| along -g
+        if self.S and self.masks[-1] is None:
+            return eta
+        first = eta * torch.clamp(1.0 / g.abs().sum(-1).double(), max=1.0)
+        return torch.where(self._has_pairs, torch.full_like(first, float(eta)), first)
+
+
+def _quasi_newton(view, x, eta, active, st, line_search="wolfe"):
+    """BFGS and L-BFGS: one loop; the state is the strategy (dense matrix or pair history)."""
+    check_kind(line_search)
+    st._start(x)
+    L, g = view.value_and_grad(x)
+    if st.x_prev is not None:
+        st._update(x - st.x_prev, g - st.g_prev, active)
+    p = st._direction(g)
+    t = _search(line_search, view, x, L, g, p, st._first_length(g, eta), active)
+    st.x_prev, st.g_prev = x.clone(), g.clone()
+    return Step(t[:, None] * p)
+
+
+# ----------------------------------------------------------------------------- inverted updates
+@dataclass
+class LMState:
+    r"""State of the adaptive Levenberg–Marquardt mode of :func:`ig` (``damping="auto"``).
+
+    ``lam`` is the damping λ relative to Moré's scaling ``D = diag(max_k diag(J_k^T J_k))``;
+    it adapts with Nielsen's rule from the gain ratio ρ = actual / predicted reduction. For one
+    problem ``lam``, ``nu``, ``stalled`` and ``rejected`` are numbers; in a batch, ``(B,)``
+    tensors."""
+
+    lam: Union[float, Tensor] = 1e-3
+    nu: Union[float, Tensor] = 2.0
+    scale: Optional[Tensor] = None
+    max_tries: int = 60
+    stalled: Union[bool, Tensor] = False
+    rejected: Union[int, Tensor] = 0
+
+
+def _rows(v, B, dtype, device):
+    if torch.is_tensor(v):
+        return v.to(device=device, dtype=dtype).expand(B).clone()
+    return torch.full((B,), v, dtype=dtype, device=device)
+
+
+def _lm(view, x, eta, active, st: LMState):
+    """One accepted adaptive-LM step per sample (Moré 1978; Nielsen's λ rule)."""
+    B, dev = x.shape[0], x.device
+    f64 = torch.float64
+    lam, nu = _rows(st.lam, B, f64, dev), _rows(st.nu, B, f64, dev)
+    stalled, rejected = _rows(st.stalled, B, torch.bool, dev), _rows(st.rejected, B, torch.long, dev)
+    r = view.residual(x)
+    L = 0.5 * (r * r).sum(-1).double()
+    J = view.jacobian(x)
+    ok = _finite_rows(active, J)
+    J = _clean(J, ok)
+    d = (J * J).sum(-2)
+    if st.scale is not None and st.scale.shape != d.shape:
+        st.scale = st.scale.reshape(d.shape)
+    st.scale = d if st.scale is None else torch.maximum(st.scale, d)
+    scale = torch.where(st.scale > 0, st.scale, torch.ones_like(st.scale))
+    rhs = -eta * r
+    fi = torch.finfo(x.dtype)
+    lam_max, lam_min = fi.max ** 0.5 * 1e-2, fi.tiny ** 0.5  # lam * diag(J^T J) must stay finite
+    out = torch.zeros_like(x)
+    trying = torch.ones(B, dtype=torch.bool, device=dev) if ok is None else ok.clone()
+    for _ in range(st.max_tries):
+        if not bool(trying.any()):
+            break
+        dx, _ = damped(J, rhs, lam, scale)
+        res = r + (J @ dx.unsqueeze(-1)).squeeze(-1)
+        pred = L - 0.5 * (res * res).sum(-1).double()
+        Lt = view.losses(x + (dx if active is None else torch.where(trying[:, None], dx, torch.zeros_like(dx))))
+        actual = L - Lt.double()
+        acc = trying & (pred > 0) & torch.isfinite(actual) & (actual > 0)
+        rho = actual / torch.where(acc, pred, torch.ones_like(pred))
+        factor = torch.clamp(1.0 - (2.0 * rho - 1.0) ** 3, min=1.0 / 3.0)
+        lam = torch.where(acc, torch.clamp(lam * factor, min=lam_min), lam)
+        nu = torch.where(acc, torch.full_like(nu, 2.0), nu)
+        out = torch.where(acc[:, None], dx, out)
+        trying = trying & ~acc
+        rejected = rejected + trying.long()
+        lam = torch.where(trying, lam * nu, lam)
+        nu = torch.where(trying, nu * 2.0, nu)
+        over = trying & (lam > lam_max)  # no decrease for any damping this dtype can represent
+        stalled = stalled | over
+        trying = trying & ~over
+    stalled = stalled | trying
+    if active is None:  # one problem: numbers, as a user reads them
+        st.lam, st.nu, st.stalled, st.rejected = float(lam), float(nu), bool(stalled), int(rejected)
+        return Step(out, None, None, st.stalled)
+    st.lam, st.nu, st.stalled, st.rejected = lam, nu, stalled, rejected
+    return Step(out, _fail(active, ok), None, stalled)
+
+
+#: options of the matrix-free Krylov solvers that ``ig`` passes through
+MATFREE_OPTIONS = ("maxiter", "solver_tol", "jvp_mode", "scale")
+
+
+def _dense_only(solver, solver_options):
+    if solver == "dense" and solver_options:
+        raise TypeError(f"option(s) {sorted(solver_options)} only apply to solver='lsqr'/'cg', not 'dense'")
+
+
+def _check_ig(damping=0.0, solver="auto", rcond=None, damping_scale="marquardt", **solver_options):
+    unknown = set(solver_options) - set(MATFREE_OPTIONS)
+    if unknown:
+        raise TypeError(f"ig() got unexpected option(s) {sorted(unknown)}; known: damping, solver, state, "
+                        f"rcond, damping_scale, and for the matrix-free solvers {sorted(MATFREE_OPTIONS)}")
+    if solver not in ("auto", "dense", "lsqr", "cg"):
+        raise ValueError(f"solver must be 'dense', 'lsqr', 'cg' or 'auto', got {solver!r}")
+    _dense_only(solver, solver_options)
+    if damping == "auto":
+        if solver not in ("auto", "dense"):
+            raise ValueError("damping='auto' (adaptive LM) is implemented for solver='dense' only")
+    elif isinstance(damping, (str, bool)) or not math.isfinite(float(damping)) or float(damping) < 0:
+        raise ValueError(f"damping must be a float >= 0 or 'auto', got {damping!r}")
+    if damping_scale not in ("marquardt", "identity"):
+        raise ValueError("damping_scale must be 'marquardt' or 'identity'")
+
+
+def _ig(view, x, eta, active, st, damping=0.0, solver="auto", rcond=None, damping_scale="marquardt",
+        **solver_options):
+    _check_ig(damping, solver, rcond, damping_scale, **solver_options)
+    if solver == "auto":
+        solver = "dense" if view.m * view.n <= 4_000_000 or damping == "auto" else "lsqr"
+        _dense_only(solver, solver_options)
+    if damping == "auto":
+        return _lm(view, x, eta, active, st)
+    dy = -eta * view.residual(x)
+    if solver != "dense":
+        from . import matfree  # matrix-free Krylov solvers over jvp/vjp
+
+        prob = view.problem
+        dx, _ = matfree.solve_ls(prob, x.reshape(view.x_shape), dy.reshape(prob.target.shape),
+                                 damping=float(damping), method=solver, **solver_options)
+        dx = dx.reshape(x.shape)
+        return Step(dx, _fail(active, _finite_rows(active, dx)))
+    J = view.jacobian(x)
+    ok = _finite_rows(active, J)
+    J = _clean(J, ok)
+    if float(damping) == 0.0:
+        dx, singular = spectral(J, dy, 1.0, rcond)
+    else:
+        scale = (J * J).sum(-2) if damping_scale == "marquardt" else None
+        dx, singular = damped(J, dy, float(damping), scale)
+    if active is None:
+        if bool(singular):
+            raise zero_matrix_error(float(torch.linalg.matrix_norm(J[0], 2)) if J.numel() else 0.0)
+        return Step(dx)
+    return Step(dx, _fail(active, ok, singular))
+
+
+def _pg(view, x, eta, active, st):
+    x_next, good = view.inverse_point(x, eta)
+    if good is None:  # one problem: a failing inverse raises
+        return Step(None, None, x_next)
+    # the new point itself goes back too, so the loop takes it as it is (not x + (x_next - x))
+    return Step(x_next - x, torch.where(active & ~good, E.INVERSE_FAILED, 0), x_next)
+
+
+def _hig(view, x, eta, active, st, kappa=0.5, truncation=1e-6, line_search="armijo"):
+    check_kind(line_search)
+    if truncation is None or isinstance(truncation, bool) or not (float(truncation) >= 0):
+        raise ValueError(f"truncation must be a number >= 0, got {truncation!r}")
+    J = view.jacobian(x)
+    r = view.residual(x)
+    ok = _finite_rows(active, J)
+    J = _clean(J, ok)
+    dx, singular = spectral(J, -r, kappa, truncation)
+    if active is None and bool(singular):
+        raise zero_matrix_error(float(torch.linalg.matrix_norm(J[0], 2)) if J.numel() else 0.0)
+    fail = _fail(active, ok, singular)
+    if line_search is None:
+        return Step(eta * dx, fail)
+    L = 0.5 * (r * r).sum(-1)
+    g = (J.mT @ r.unsqueeze(-1)).squeeze(-1)
+    t = _search(line_search, view, x, L, g, dx, eta, _run(active, fail))
+    return Step(t[:, None] * dx, fail)
+
+
+# ============================================================================ the declarations
+@dataclass(frozen=True)
+class Method:
+    """Everything physgrad knows about one method, in one place.
+
+    ``kernel``: the step over ``(B, n)``. ``options``: the options the kernel takes.
+    ``state``: ``options -> state class or None`` (the state the method keeps between steps).
+    ``state_options``: options that configure a fresh state. ``learning_rate``: η is a learning
+    rate and must be given (no safe default). ``dense``: needs dense linear algebra (no float16 /
+    bfloat16). ``real_only``: needs real x. ``real_jacobian``: refuses a complex P(x) of a real x.
+    ``matrix``: the per-sample dense matrix it forms, ``"nn"`` (Hessian-sized) or ``"mn"``
+    (Jacobian-sized). ``batched``: runs on batched problems. ``growth_guard``: a run whose
+    parameters run away ends (pure ig). ``hint``: what to try when a run diverges."""
+
+    name: str
+    kernel: Callable
+    options: tuple = ()
+    state: Callable = staticmethod(lambda options: None)
+    state_options: tuple = ()
+    learning_rate: bool = False
+    dense: bool = False
+    real_only: bool = False
+    real_jacobian: bool = False
+    matrix: Optional[str] = None
+    batched: bool = True
+    growth_guard: bool = False
+    hint: str = "Try a smaller step_size."
+    check: Callable = staticmethod(lambda **options: None)
+
+    def state_type(self, options: dict):
+        return self.state(options)
+
+    def extendable(self, options: dict) -> bool:
+        """A run can be continued from its last iterate without recomputing it (no hidden state)."""
+        return self.state(options) is None
+
+    def make_state(self, options: dict, state_kw: dict):
+        cls = self.state(options)
+        return None if cls is None else cls(**state_kw)
+
+
+def _check_line_search(line_search="x", **_):
+    if line_search != "x":
+        check_kind(line_search)
+
+
+def _check_newton(fallback="raise", rcond=None, line_search="armijo"):
+    check_kind(line_search)
+    if fallback not in ("raise", "pinv", "gd"):
+        raise ValueError(f"fallback must be 'raise', 'pinv' or 'gd', got {fallback!r}")
+
+
+def _check_hig(kappa=0.5, truncation=1e-6, line_search="armijo"):
+    check_kind(line_search)
+    if truncation is None or isinstance(truncation, bool) or not (float(truncation) >= 0):
+        raise ValueError(f"truncation must be a number >= 0, got {truncation!r}")
+
+
+_DAMPED_HINT = "Use damping='auto' (adaptive Levenberg-Marquardt), or a smaller step_size."
+
+#: name -> :class:`Method`: the one declaration that optimize, batched, widgets and tests read
+METHODS = {m.name: m for m in (
+    Method("gd", _gd, learning_rate=True),
+    Method("adam", _adam, state=lambda o: AdamState, state_options=("betas", "eps"), learning_rate=True),
+    Method("newton", _newton, ("fallback", "rcond", "line_search"), dense=True, real_only=True, matrix="nn",
+           check=_check_newton),
+    Method("bfgs", _quasi_newton, ("line_search",), state=lambda o: BFGSState, state_options=("init_scale",),
+           dense=True, real_only=True, matrix="nn", check=_check_line_search),
+    Method("lbfgs", _quasi_newton, ("line_search",), state=lambda o: LBFGSState, state_options=("history",),
+           real_only=True, check=_check_line_search),
+    Method("ig", _ig, ("damping", "solver", "rcond", "damping_scale") + MATFREE_OPTIONS,
+           state=lambda o: LMState if o.get("damping") == "auto" else None, dense=True, real_only=True,
+           real_jacobian=True, matrix="mn", growth_guard=True, hint=_DAMPED_HINT, check=_check_ig),
+    Method("pg", _pg),
+    Method("hig", _hig, ("kappa", "truncation", "line_search"), dense=True, real_only=True, real_jacobian=True,
+           matrix="mn", check=_check_hig),
+)}
+
+
+# ============================================================================ the book's one-step functions
+def _one(method: str, prob: Problem, x: Tensor, step_size: float, state=None, **options) -> Tensor:
+    """One step of ``method`` on one problem, shaped like ``x`` (the kernel with ``B = 1``)."""
+    view = SingleView(prob, x.shape)
+    step = METHODS[method].kernel(view, x.reshape(1, -1), step_size, None, state, **options)
+    dx = step.x_next - x.reshape(1, -1) if step.dx is None else step.dx
+    return dx.reshape(x.shape)
+
+
+def y_step(prob: Problem, x: Tensor, step_size: float) -> Tensor:
+    r"""The requested change in y-space, ``Δy = η (y* − P(x))`` (chapter 4, eq. ``ig-update``)."""
+    return -step_size * prob.residual(x)
+
+
+def gd(prob: Problem, x: Tensor, step_size: float) -> Tensor:
+    r"""Gradient descent, ``Δx = −η ∂L/∂x`` (chapter 2, eq. ``gd-update``)."""
+    return _one("gd", prob, x, step_size)
+
+
 def adam(prob: Problem, x: Tensor, step_size: float, state: Optional[AdamState] = None) -> Tensor:
     r"""One step of Adam (torch's implementation; betas and eps from ``state``, torch's defaults
     unless set) with learning rate ``η``.
@@ -74,21 +587,9 @@ def adam(prob: Problem, x: Tensor, step_size: float, state: Optional[AdamState] 
     Adam divides each gradient component by a running RMS of its history, which removes the
     ``c``-scaling of the step *per component* but still moves by about ``η`` per step in x
     (chapter 2)."""
-    state = AdamState() if state is None else state
-    if state._param is None or state._param.shape != x.shape or state._param.dtype != x.dtype \
-            or state._param.device != x.device:
-        state._param = x.detach().clone().requires_grad_(True)
-        state._opt = torch.optim.Adam([state._param], lr=step_size, betas=state.betas, eps=state.eps)
-    for group in state._opt.param_groups:
-        group["lr"] = step_size
-    with torch.no_grad():
-        state._param.copy_(x)
-    state._param.grad = prob.grad(x).detach().clone()
-    state._opt.step()
-    return (state._param.detach() - x).clone()
+    return _one("adam", prob, x, step_size, AdamState() if state is None else state)
 
 
-# ----------------------------------------------------------------------------- second order
 def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
            rcond: Optional[float] = None, line_search: Optional[str] = "armijo") -> Tensor:
     r"""Newton's method with the exact Hessian, ``Δx = −η (∂²L/∂x²)^{-1} ∂L/∂x``
@@ -106,134 +607,14 @@ def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
     Hessian then raises :class:`~physgrad.errors.SingularMatrixError` unless ``fallback`` is
     ``"pinv"`` or ``"gd"`` (see :func:`physgrad.linalg.symmetric_solve`); an indefinite one
     gives a step that may go uphill."""
-    g, H = prob.grad_and_hessian(x)
-    g = _flat(g)
-    if line_search is None:
-        p = -symmetric_solve(H, g, rcond=rcond, fallback=fallback)
-        return (step_size * p).reshape(x.shape)
-    if line_search not in ("armijo", "wolfe"):
-        raise ValueError(f"line_search must be None, 'armijo' or 'wolfe', got {line_search!r}")
-    p, modified = descent_newton_direction(H, g, rcond=rcond)
-    if modified:
-        prob._count("hessian_modified")
-    L = prob.loss(x)
-    t = _line_search(line_search, prob, x, L, g.reshape(x.shape), p.reshape(x.shape), step_size)
-    return (t * p).reshape(x.shape)
+    return _one("newton", prob, x, step_size, fallback=fallback, rcond=rcond, line_search=line_search)
 
 
 def descent_newton_direction(H: Tensor, g: Tensor, rcond: Optional[float] = None):
-    r"""Newton direction ``p = −H^{-1} g`` that is guaranteed to descend (``g·p < 0`` for g ≠ 0).
-
-    If the symmetric part of ``H`` is positive definite (every eigenvalue above
-    ``rcond · max|λ|``, default :func:`physgrad.linalg.default_rcond`), ``p`` is the exact
-    Newton direction. Otherwise the eigenvalues are modified to ``max(|λ_i|, √eps · max|λ|)``
-    (an indefinite Hessian's negative curvature is flipped, near-zero curvature is floored),
-    and a zero Hessian gives ``p = −g``. Returns ``(p, modified)``."""
-    from .linalg import default_rcond
-
-    Hs = 0.5 * (H + H.mT)
-    lam, Q = torch.linalg.eigh(Hs)
-    amax = lam.abs().max() if lam.numel() else torch.zeros((), dtype=lam.dtype)
-    tol = default_rcond(H) if rcond is None else float(rcond)
-    if float(amax) > 0 and bool((lam > tol * amax).all()):
-        return -(Q @ ((Q.mT @ g) / lam)), False
-    if float(amax) == 0:
-        return -g.clone(), True
-    floor = math.sqrt(torch.finfo(lam.dtype).eps) * amax
-    return -(Q @ ((Q.mT @ g) / torch.maximum(lam.abs(), floor))), True
-
-
-def _armijo(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
-            c1: float = 1e-4, shrink: float = 0.5, max_tries: int = 40) -> float:
-    """Backtracking line search: largest ``t = t0 · shrink^k`` with
-    ``L(x + t p) <= L(x) + c1 t g·p`` (Nocedal & Wright, Alg. 3.1). Returns ``0.0`` (no step)
-    when ``p`` is not a descent direction or no tried length decreases the loss."""
-    slope = float((g * p).sum())
-    if not slope < 0:
-        return 0.0
-    t = t0
-    for _ in range(max_tries):
-        Lt = prob.loss(x + t * p)
-        if bool(torch.isfinite(Lt)) and float(Lt) <= float(L0) + c1 * t * slope:
-            return t
-        t *= shrink
-    return 0.0  # no decrease along p at any tried length: take no step (the caller sees a stall)
-
-
-def wolfe_search(phi0: float, dphi0: float, t0: float, c1: float = 1e-4, c2: float = 0.9,
-                 max_iter: int = 30):
-    """The strong-Wolfe line search (Nocedal & Wright, Alg. 3.5 with the bisection-safeguarded
-    ``zoom`` of Alg. 3.6) as a generator: it yields a trial step ``t`` and receives
-    ``(L(x + t p), ∇L(x + t p)·p)``; its return value is the accepted ``t`` (0 when ``p`` does not
-    descend). :func:`_wolfe` drives it with one problem; :mod:`physgrad.batched` drives one per
-    sample and evaluates all pending trials in one batched call."""
-    if dphi0 >= 0:  # not a descent direction (e.g. already at a stationary point): no step
-        return 0.0
-
-    def zoom(lo, hi, f_lo, d_lo, f_hi):
-        for _ in range(max_iter):
-            t = 0.5 * (lo + hi)
-            f, d = yield t
-            if not (f == f) or f > phi0 + c1 * t * dphi0 or f >= f_lo:
-                hi, f_hi = t, f
-            else:
-                if abs(d) <= -c2 * dphi0:
-                    return t
-                if d * (hi - lo) >= 0:
-                    hi, f_hi = lo, f_lo
-                lo, f_lo, d_lo = t, f, d
-        return lo
-
-    t_prev, f_prev, d_prev, t = 0.0, phi0, dphi0, t0
-    for i in range(max_iter):
-        f, d = yield t
-        if not (f == f and abs(f) != float("inf")) or f > phi0 + c1 * t * dphi0 or (i > 0 and f >= f_prev):
-            return (yield from zoom(t_prev, t, f_prev, d_prev, f))
-        if abs(d) <= -c2 * dphi0:
-            return t
-        if d >= 0:
-            return (yield from zoom(t, t_prev, f, d, f_prev))
-        t_prev, f_prev, d_prev, t = t, f, d, 2.0 * t
-    return t_prev
-
-
-def _wolfe(prob: Problem, x: Tensor, L0: Tensor, g: Tensor, p: Tensor, t0: float,
-           c1: float = 1e-4, c2: float = 0.9, max_iter: int = 30) -> float:
-    """Line search for the strong Wolfe conditions (:func:`wolfe_search` on one problem).
-    Guarantees ``s^T y > 0`` for the BFGS pair, which Armijo backtracking alone does not."""
-    search = wolfe_search(float(L0), float((g * p).sum()), t0, c1, c2, max_iter)
-    try:
-        t = search.send(None)
-        while True:
-            Lt, gt = prob.value_and_grad(x + t * p)
-            t = search.send((float(Lt), float((gt * p).sum())))
-    except StopIteration as stop:
-        return stop.value
-
-
-def _line_search(kind, prob, x, L, g, p, t0):
-    if kind is None:
-        return t0
-    if kind == "armijo":
-        return _armijo(prob, x, L, g, p, t0)
-    if kind == "wolfe":
-        return _wolfe(prob, x, L, g, p, t0)
-    raise ValueError(f"line_search must be None, 'armijo' or 'wolfe', got {kind!r}")
-
-
-@dataclass
-class BFGSState:
-    r"""State of :func:`bfgs`: the inverse-Hessian approximation ``B`` and the last (x, g).
-
-    ``init_scale=False`` (default) starts from ``B_0 = I``, so the first step is a GD step of
-    size η; ``True`` applies the standard scaling ``B_0 = (s^T y / y^T y) I`` right before the
-    first update (Nocedal & Wright, eq. 6.20)."""
-
-    init_scale: bool = False
-    B: Optional[Tensor] = None
-    x_prev: Optional[Tensor] = None
-    g_prev: Optional[Tensor] = None
-    skipped: int = 0
+    r"""Newton direction ``p = −H^{-1} g`` that always descends, for one Hessian: see
+    :func:`physgrad.linalg.descent_direction`. Returns ``(p, modified)``."""
+    p, modified = descent_direction(H, g, rcond)
+    return p, bool(modified)
 
 
 def bfgs(prob: Problem, x: Tensor, step_size: float, state: Optional[BFGSState] = None,
@@ -249,44 +630,7 @@ def bfgs(prob: Problem, x: Tensor, step_size: float, state: Optional[BFGSState] 
     search the step length from ``η``; ``None`` uses ``η`` as it is (the book's fixed-step
     form, which can diverge on a non-linear problem).
     """
-    state = BFGSState() if state is None else state
-    xf = _flat(x)
-    L, g = prob.value_and_grad(x)
-    g = _flat(g)
-    n = xf.numel()
-    if state.B is None:
-        from .problem import _dense_bytes, check_memory
-
-        check_memory(_dense_bytes(n, n, x.dtype), f"the dense {n}x{n} BFGS matrix")
-        state.B = torch.eye(n, dtype=x.dtype, device=x.device)
-    elif state.x_prev is not None:
-        s = xf - state.x_prev
-        yv = g - state.g_prev
-        sy = float(s @ yv)
-        if sy > 1e-12 * float(s.norm() * yv.norm()) and sy > 0:
-            if state.init_scale and state.skipped == 0 and torch.equal(state.B, torch.eye(n, dtype=x.dtype, device=x.device)):
-                state.B = (sy / float(yv @ yv)) * state.B
-            rho = 1.0 / sy
-            I = torch.eye(n, dtype=x.dtype, device=x.device)
-            V = I - rho * torch.outer(yv, s)
-            state.B = V.mT @ state.B @ V + rho * torch.outer(s, s)
-        else:
-            state.skipped += 1
-    p = -(state.B @ g)
-    t = _line_search(line_search, prob, x, L, g.reshape(x.shape), p.reshape(x.shape), step_size)
-    state.x_prev, state.g_prev = xf.clone(), g.clone()
-    return (t * p).reshape(x.shape)
-
-
-@dataclass
-class LBFGSState:
-    """State of :func:`lbfgs`: the last ``history`` pairs (s, y)."""
-
-    history: int = 10
-    s: list = field(default_factory=list)
-    y: list = field(default_factory=list)
-    x_prev: Optional[Tensor] = None
-    g_prev: Optional[Tensor] = None
+    return _one("bfgs", prob, x, step_size, BFGSState() if state is None else state, line_search=line_search)
 
 
 def lbfgs(prob: Problem, x: Tensor, step_size: float = 1.0, state: Optional[LBFGSState] = None,
@@ -295,59 +639,11 @@ def lbfgs(prob: Problem, x: Tensor, step_size: float = 1.0, state: Optional[LBFG
     two-loop recursion over the last ``state.history`` pairs and the standard initial scaling
     ``γ_k = s^T y / y^T y`` (Nocedal & Wright, Alg. 7.4). Memory ``O(history · n)`` instead of
     BFGS's ``O(n^2)``. With the default ``line_search="wolfe"``, ``t`` starts at ``η`` and satisfies
-    the strong Wolfe conditions; ``"armijo"`` backtracks; ``None`` uses ``η`` as it is."""
-    state = LBFGSState() if state is None else state
-    L, g = prob.value_and_grad(x)
-    xf, gf = _flat(x), _flat(g)
-    if state.x_prev is not None:
-        s, yv = xf - state.x_prev, gf - state.g_prev
-        if float(s @ yv) > 1e-12 * float(s.norm() * yv.norm()) and float(s @ yv) > 0:
-            state.s.append(s)
-            state.y.append(yv)
-            if len(state.s) > state.history:
-                state.s.pop(0)
-                state.y.pop(0)
-    q = gf.clone()
-    alphas = []
-    for s, yv in zip(reversed(state.s), reversed(state.y)):
-        a = (s @ q) / (yv @ s)
-        alphas.append(a)
-        q = q - a * yv
-    if state.s:
-        q = q * ((state.s[-1] @ state.y[-1]) / (state.y[-1] @ state.y[-1]))
-    for (s, yv), a in zip(zip(state.s, state.y), reversed(alphas)):
-        b = (yv @ q) / (yv @ s)
-        q = q + (a - b) * s
-    p = -q
-    t = _line_search(line_search, prob, x, L, g, p.reshape(x.shape), step_size)
-    state.x_prev, state.g_prev = xf.clone(), gf.clone()
-    return (t * p).reshape(x.shape)
-
-
-# ----------------------------------------------------------------------------- inverted updates
-@dataclass
-class LMState:
-    r"""State of the adaptive Levenberg–Marquardt mode of :func:`ig` (``damping="auto"``).
-
-    ``lam`` is the damping λ relative to Moré's scaling ``D = diag(max_k diag(J_k^T J_k))``;
-    it adapts with Nielsen's rule from the gain ratio ρ = actual / predicted reduction."""
-
-    lam: float = 1e-3
-    nu: float = 2.0
-    scale: Optional[Tensor] = None
-    max_tries: int = 60
-    stalled: bool = False
-    rejected: int = 0
-
-
-_MATFREE_OPTIONS = {"maxiter", "solver_tol", "jvp_mode", "scale"}
-
-
-def _matrix_free(prob, x, dy, damping, solver, solver_options):
-    from . import matfree  # optional module (matrix-free Krylov solvers over jvp/vjp)
-
-    dx, _info = matfree.solve_ls(prob, x, dy, damping=damping, method=solver, **solver_options)
-    return dx
+    the strong Wolfe conditions; ``"armijo"`` backtracks; ``None`` uses ``η`` as it is. Before the
+    first curvature pair exists the first trial length is ``η · min(1, 1/||g||_1)``, as in
+    :class:`torch.optim.LBFGS` (an unscaled step along a huge gradient would leave the search
+    nothing but bisections)."""
+    return _one("lbfgs", prob, x, step_size, LBFGSState() if state is None else state, line_search=line_search)
 
 
 def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, str] = 0.0,
@@ -378,66 +674,10 @@ def ig(prob: Problem, x: Tensor, step_size: float = 1.0, damping: Union[float, s
         ``diag(J^T J)`` is not available without forming ``J``, so a float damping is plain
         Tikhonov (``D = I``) unless ``scale`` is given; ``damping_scale`` applies to ``"dense"``.
     """
-    unknown = set(solver_options) - _MATFREE_OPTIONS
-    if unknown:
-        raise TypeError(f"ig() got unexpected option(s) {sorted(unknown)}; known: damping, solver, state, "
-                        f"rcond, damping_scale, and for the matrix-free solvers {sorted(_MATFREE_OPTIONS)}")
-    if solver == "auto":
-        small = prob.target.numel() * x.numel() <= 4_000_000
-        solver = "dense" if small or damping == "auto" else "lsqr"
-    if solver == "dense" and solver_options:
-        raise TypeError(f"option(s) {sorted(solver_options)} only apply to solver='lsqr'/'cg', not 'dense'")
-    if solver not in ("dense", "lsqr", "cg"):
-        raise ValueError(f"solver must be 'dense', 'lsqr', 'cg' or 'auto', got {solver!r}")
-    if damping == "auto":
-        if solver != "dense":
-            raise ValueError("damping='auto' (adaptive LM) is implemented for solver='dense' only")
-        return _lm_step(prob, x, step_size, LMState() if state is None else state)
-    if isinstance(damping, str) or not math.isfinite(float(damping)) or float(damping) < 0:
-        raise ValueError(f"damping must be a float >= 0 or 'auto', got {damping!r}")
-    dy = y_step(prob, x, step_size)
-    if solver != "dense":
-        return _matrix_free(prob, x, dy, float(damping), solver, solver_options)
-    J = prob.jacobian(x)
-    if float(damping) == 0.0:
-        dx = spectral_solve(J, _flat(dy), kappa=1.0, truncation=rcond)[0]
-    else:
-        if damping_scale not in ("marquardt", "identity"):
-            raise ValueError("damping_scale must be 'marquardt' or 'identity'")
-        scale = (J * J).sum(0) if damping_scale == "marquardt" else None
-        dx = damped_solve(J, _flat(dy), float(damping), scale)
-    return dx.reshape(x.shape)
-
-
-def _lm_step(prob: Problem, x: Tensor, step_size: float, st: LMState) -> Tensor:
-    r = _flat(prob.residual(x))
-    L = 0.5 * float(r @ r)
-    J = prob.jacobian(x)
-    d = (J * J).sum(0)
-    st.scale = d if st.scale is None else torch.maximum(st.scale, d)
-    scale = torch.where(st.scale > 0, st.scale, torch.ones_like(st.scale))
-    rhs = -step_size * r
-    fi = torch.finfo(x.dtype)
-    lam_max, lam_min = fi.max ** 0.5 * 1e-2, fi.tiny ** 0.5  # lam * diag(J^T J) must stay finite
-    for _ in range(st.max_tries):
-        dx = damped_solve(J, rhs, st.lam, scale)
-        pred = L - 0.5 * float((r + J @ dx).pow(2).sum())
-        xt = x + dx.reshape(x.shape)
-        Lt = prob.loss(xt)
-        actual = L - float(Lt)
-        if pred > 0 and bool(torch.isfinite(Lt)) and actual > 0:
-            rho = actual / pred
-            st.lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-            st.lam = max(st.lam, lam_min)
-            st.nu = 2.0
-            return dx.reshape(x.shape)
-        st.rejected += 1
-        st.lam *= st.nu
-        st.nu *= 2.0
-        if st.lam > lam_max:  # no decrease for any damping this dtype can represent
-            break
-    st.stalled = True  # no decrease found: we are at a (local) minimum to working precision
-    return torch.zeros_like(x)
+    if damping == "auto" and state is None:
+        state = LMState()
+    return _one("ig", prob, x, step_size, state, damping=damping, solver=solver, rcond=rcond,
+                damping_scale=damping_scale, **solver_options)
 
 
 def pg(prob: Problem, x: Tensor, step_size: float = 1.0, y0: Optional[Tensor] = None,
@@ -449,9 +689,8 @@ def pg(prob: Problem, x: Tensor, step_size: float = 1.0, y0: Optional[Tensor] = 
 
     With an exact inverse, ``P(x_0 + Δx) = y_0 + Δy`` holds exactly, however non-linear P is.
     Needs ``prob.inverse``; without one raises :class:`~physgrad.errors.MissingInverseError`.
-    ``y0``: an already computed, finite ``P(x)`` (saves one forward; :func:`physgrad.optimize`
-    passes the one from its loss evaluation). ``check=False`` leaves the finiteness check of the
-    inverse's output to the caller.
+    ``y0``: an already computed, finite ``P(x)`` (saves one forward). ``check=False`` leaves the
+    finiteness check of the inverse's output to the caller.
     """
     return pg_point(prob, x, step_size, y0, check) - x
 
@@ -459,11 +698,13 @@ def pg(prob: Problem, x: Tensor, step_size: float = 1.0, y0: Optional[Tensor] = 
 def pg_point(prob: Problem, x: Tensor, step_size: float = 1.0, y0: Optional[Tensor] = None,
              check: bool = True) -> Tensor:
     r"""The new iterate of a PG step, ``x + Δx_PG = P^{-1}(y_0 + η (y^* - y_0);\, x)``, without
-    forming ``Δx`` (what :func:`physgrad.optimize` uses: two fewer passes over x per step). The
-    intermediate target is one fused ``torch.lerp``, which is ``y*`` itself, bit for bit, at η = 1."""
-    if y0 is None:
-        y0 = prob.checked_simulate(x)
-    return prob.apply_inverse(torch.lerp(y0, prob.target_like(y0), step_size), x, check=check)
+    forming ``Δx``. The intermediate target is one fused ``torch.lerp``, which is ``y*`` itself,
+    bit for bit, at η = 1."""
+    view = SingleView(prob, x.shape, check_inverse=check)
+    xb = x.reshape(1, -1)
+    if y0 is not None:
+        view.remember(xb, y0)
+    return _pg(view, xb, step_size, None, None).x_next.reshape(x.shape)
 
 
 def hig(prob: Problem, x: Tensor, step_size: float = 1.0, kappa: float = 0.5,
@@ -478,14 +719,97 @@ def hig(prob: Problem, x: Tensor, step_size: float = 1.0, kappa: float = 0.5,
     (``g·Δx = −r^T U Σ^{1−κ} U^T r <= 0``). ``line_search="armijo"`` (default, the safe form)
     backtracks from ``η`` until the Armijo condition holds (no extra Jacobian: ``g = J^T r``);
     ``None`` takes the fixed step ``η`` (the paper's form, which can overshoot)."""
-    if truncation is None or not (float(truncation) >= 0):
-        raise ValueError(f"truncation must be a number >= 0, got {truncation!r}")
-    J = prob.jacobian(x)
-    r = _flat(prob.residual(x))
-    dx, _ = spectral_solve(J, -r, kappa=kappa, truncation=truncation)
-    if line_search is None:
-        return (step_size * dx).reshape(x.shape)
-    L = 0.5 * (r * r).sum()
-    g = J.mT @ r
-    t = _line_search(line_search, prob, x, L, g.reshape(x.shape), dx.reshape(x.shape), step_size)
-    return (t * dx).reshape(x.shape)
+    return _one("hig", prob, x, step_size, kappa=kappa, truncation=truncation, line_search=line_search)
+
+
+# ============================================================================ run arguments (both loops)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def check_tolerance(name, v):
+    """``None`` or a finite number >= 0 (``bool`` and ``inf`` are refused)."""
+    import numbers
+
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < math.inf):
+        raise ValueError(f"{name} must be None or a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, options: dict, state):
+    """The checks of a run's arguments, shared by one problem and a batch: returns
+    ``(method spec, η, tolerances, kernel options, state options)``; raises before any work."""
+    import numbers
+
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    spec = METHODS[method]
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError("on_nonfinite must be 'raise' or 'stop'")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    tols = {k: check_tolerance(k, v) for k, v in tols.items()}
+    if time_budget is not None and not (isinstance(time_budget, numbers.Real) and time_budget == math.inf):
+        check_tolerance("time_budget", time_budget)  # (an infinite budget means none)
+    if step_size is None:
+        if spec.learning_rate:
+            raise ValueError(
+                f"method {method!r} needs an explicit step_size (learning rate): its right value depends "
+                "on the units and the scale of the problem, so there is no safe default.")
+        step_size = 1.0
+    if isinstance(step_size, (str, bytes, bool)) or not (
+            isinstance(step_size, numbers.Real) or (torch.is_tensor(step_size) and step_size.numel() == 1)):
+        raise TypeError(f"step_size must be a number, got {type(step_size).__name__} {step_size!r}")
+    step_size = float(step_size)
+    if not (step_size > 0 and step_size < float("inf")):
+        raise ValueError(f"step_size must be a positive finite number, got {step_size}")
+    unknown = sorted(set(options) - set(spec.options) - set(spec.state_options))
+    if unknown:
+        known = sorted(spec.options + spec.state_options)
+        raise TypeError(f"{method}() got unexpected option(s) {unknown}; known: {known or 'none'}")
+    kw = {k: v for k, v in options.items() if k in spec.options}
+    state_kw = {k: v for k, v in options.items() if k in spec.state_options}
+    spec.check(**kw)
+    expected = spec.state_type(kw)
+    if state is not None:
+        if expected is None:
+            raise TypeError(f"method {method!r} has no state; state= applies to adam (AdamState), bfgs "
+                            "(BFGSState), lbfgs (LBFGSState) and ig with damping='auto' (LMState)")
+        if not isinstance(state, expected):
+            raise TypeError(f"state= for method {method!r} must be a {expected.__name__}, got "
+                            f"{type(state).__name__}")
+        if state_kw:
+            raise TypeError(f"pass either state= or the state option(s) {sorted(state_kw)}, not both")
+    return spec, step_size, tols, kw, state_kw
+
+
+def check_dtypes(spec: Method, x: Tensor, y: Tensor) -> None:
+    """The dtype policy at the entrance (see the :mod:`physgrad` module docstring)."""
+    method = spec.name
+    real = (lambda dt: dt.to_real() if dt.is_complex else dt)
+    if x.dtype in _HALF and spec.dense:
+        raise TypeError(
+            f"method {method!r} needs dense linear algebra (eigh/SVD/solves), which torch does not provide "
+            f"for {x.dtype}. Run it in float32: optimize(prob, x0.float(), ...), and cast the result back "
+            "if needed; gd, adam, lbfgs and pg accept half precision.")
+    if x.is_complex() and spec.real_only:
+        raise TypeError(
+            f"method {method!r} does not support complex x (its Jacobian/Hessian algebra assumes real "
+            "numbers). Optimize the real and imaginary parts as a real tensor instead: pass "
+            "torch.view_as_real(x0) and rebuild z = torch.view_as_complex(x) inside the forward; gd, adam "
+            "and pg accept complex x.")
+    if not torch.is_tensor(y):
+        raise TypeError(f"P(x) must return a torch.Tensor, got {type(y).__name__}")
+    if real(y.dtype) != real(x.dtype):
+        raise TypeError(
+            f"the simulator returned dtype {y.dtype} for x of dtype {x.dtype}; P(x) must follow x's "
+            "precision (build constants with dtype=x.dtype, avoid .float()/.double() inside P), or pass x0 "
+            f"as {real(y.dtype)}.")
+    if y.is_complex() and not x.is_complex() and spec.real_jacobian:
+        raise TypeError(f"method {method!r} needs a real Jacobian, but P(x) is complex for a real x; "
+                        "return torch.view_as_real(P(x)) from the forward (and the target likewise).")
+
+
+#: a run whose parameters grow this many times beyond max(||x0||, ||x1||) has run away (growth_guard)
+GROWTH_LIMIT = 1e10

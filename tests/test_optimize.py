@@ -246,7 +246,7 @@ def test_large_finite_values_are_not_mistaken_for_a_divergence():
     x0 = torch.full((4,), big, dtype=torch.float64)
     assert not torch.isfinite(x0.sum())  # the probe would say NaN/Inf
     res = physgrad.optimize(prob, x0, "pg", steps=3, step_size=0.5)
-    assert res.success and res.nit == 3 and bool(torch.isfinite(res.xs).all())
+    assert res.status == 1 and res.nit == 3 and bool(torch.isfinite(res.xs).all())
     assert float(res.losses[-1]) == pytest.approx(float(res.losses[0]) / 64, rel=1e-12)
     with pytest.raises(errors.NonFiniteError, match="1 non-finite value"):
         prob.check_x(torch.tensor([big, big, float("nan"), 1.0], dtype=torch.float64))
@@ -275,3 +275,36 @@ def test_cuda_matfree_ig_batched_pg_and_bench_follow_the_device():
                             sizes={"heat-2d": 32}, progress=False)
     assert all(r["reached"] for r in rows)
     assert extra["heat-2d@32"]["pg_step_vs_limit"]["median"] > 0
+
+
+def test_zero_update_is_a_stall_never_xtol_and_ends_the_run():
+    # round() has a zero derivative: gd's update is exactly zero. Before, "reached ||dx|| <= xtol",
+    # success after 1 step, or 50 steps of zero updates without xtol
+    prob = physgrad.Problem(lambda x: torch.round(x), torch.tensor([2.4], dtype=torch.float64))
+    x0 = torch.tensor([0.2], dtype=torch.float64)
+    for kw in (dict(xtol=1e-8), {}):
+        res = physgrad.optimize(prob, x0, "gd", steps=50, step_size=0.1, **kw)
+        assert res.status == -2 and not res.success and res.nit == 1, res.message
+        assert "xtol" not in res.message and "stalled" in res.message
+
+
+def test_lbfgs_first_step_is_scaled_like_torch_lbfgs():
+    # no curvature pair yet: the first trial length is eta * min(1, 1/||g||_1) (torch.optim.LBFGS)
+    prob = physgrad.Problem(lambda x: 10 * x ** 3, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    x = torch.tensor([3.0, 2.0], dtype=torch.float64)
+    g = prob.grad(x)
+    dx = updates.lbfgs(prob, x, 0.5, line_search=None)
+    torch.testing.assert_close(dx, -0.5 * min(1.0, 1.0 / float(g.abs().sum())) * g, rtol=1e-14, atol=0)
+    # and the search then starts from a sensible length: the default run makes progress at once
+    res = physgrad.optimize(prob, x, "lbfgs", steps=30, tol=1e-20)
+    assert res.success and res.losses[1] < res.losses[0]
+
+
+def test_pure_ig_growth_guard_ends_a_runaway_run():
+    # atan(x) = 1.6 has no solution (atan < pi/2): the undamped step sends x off to infinity
+    prob = physgrad.Problem(torch.atan, torch.tensor([1.6], dtype=torch.float64))
+    res = physgrad.optimize(prob, torch.tensor([1.0], dtype=torch.float64), "ig", steps=100)
+    assert res.status == -1 and not res.success and "ran away" in res.message and "damping='auto'" in res.message
+    assert float(res.x.abs().max()) < 1e20
+    auto = physgrad.optimize(prob, torch.tensor([1.0], dtype=torch.float64), "ig", steps=100, damping="auto")
+    assert auto.status != -1

@@ -29,8 +29,8 @@ def decay_problem():
 
 
 # (method, options) at their defaults; gd/adam have no default learning rate by design
-DEFAULT_RUNS = [("gd", {"step_size": 1e-2}), ("adam", {"step_size": 1e-2}), ("newton", {}), ("bfgs", {}),
-                ("lbfgs", {}), ("ig", {}), ("ig", {"damping": "auto"}), ("pg", {}), ("hig", {})]
+DEFAULT_RUNS = [(m, {"step_size": 1e-2} if spec.learning_rate else {}) for m, spec in physgrad.METHODS.items()] + [
+    ("ig", {"damping": "auto"})]
 
 
 @pytest.mark.parametrize("method,kw", DEFAULT_RUNS, ids=[m + ("-auto" if kw.get("damping") else "")
@@ -40,10 +40,14 @@ def test_every_method_at_defaults_ends_at_or_below_L0_and_says_so(method, kw):
     L0, L = res.losses[0].item(), res.losses[-1].item()
     assert L <= L0 and res.fun == L
     assert bool((res.losses.diff() <= 1e-12 * L0).all()) or method in ("gd", "adam", "ig")  # monotone where globalized
-    assert res.success and res.status in (0, 1)
-    assert res.converged == (res.status == 0)
+    # pure ig gets stuck on this problem: its updates fall below round-off of x, a stall it reports
+    assert res.status in (0, 1) or (method == "ig" and not kw and res.status == -2 and "stalled" in res.message)
+    assert res.converged == res.success == (res.status == 0)  # the step limit is not a success (as in scipy)
     if res.status == 1:
         assert res.message.startswith("reached the step limit") and res.nit == 100
+        assert f"L/L0 = {L / L0:.3g}" in res.message
+    elif res.status == -2:
+        assert not res.success
     else:
         assert "reached" in res.message or "converged" in res.message
     assert math.isfinite(res.grad_norm)
@@ -104,7 +108,7 @@ def test_converged_at_zero_loss_and_status_codes():
     prob = physgrad.Problem(lambda x: 2 * x, torch.ones(3, dtype=D))
     res = physgrad.optimize(prob, torch.zeros(3, dtype=D), "ig", steps=20)
     assert res.fun == 0.0 and res.converged and res.status == 0 and "L = 0" in res.message
-    assert res.nit == 20  # the trajectory keeps its length; tol=0 would stop at once
+    assert res.nit == 20  # the trajectory keeps its length at L = 0; tol=0 would stop at once
     assert physgrad.optimize(prob, torch.zeros(3, dtype=D), "ig", steps=20, tol=0.0).nit == 1
     at = physgrad.optimize(prob, torch.full((3,), 0.5, dtype=D), "ig", steps=5, damping="auto")
     assert at.converged and at.success and "L = 0" in at.message  # report case 42
@@ -248,7 +252,7 @@ def test_dense_methods_raise_memory_budget_error_before_allocating(method, monke
         physgrad.optimize(prob, torch.zeros(n, dtype=D), method, steps=1, **kw)
     assert ei.value.result.nit == 0
     # the matrix-free methods run under the same budget
-    assert physgrad.optimize(prob, torch.zeros(n, dtype=D), "lbfgs", steps=3).success
+    assert physgrad.optimize(prob, torch.zeros(n, dtype=D), "lbfgs", steps=3).status == 1  # step limit, no error
     monkeypatch.setenv("PHYSGRAD_MEMORY_BUDGET", "1G")
     assert physgrad.optimize(prob, torch.zeros(n, dtype=D), method, steps=1, **kw).nit == 1
 
