@@ -61,13 +61,14 @@ def test_every_method_runs_bounded(method, opts):
     assert torch.allclose(res.x, scipy_bounded(X0), rtol=1e-5)
 
 
-def test_x_scale_rescues_lbfgs_in_si_units():
+def test_x_scale_rescues_bfgs_in_si_units():
     prob = dye_problem()
-    raw = physgrad.optimize(prob, X0, "lbfgs", steps=100, tol=1e-16)
+    raw = physgrad.optimize(prob, X0, "bfgs", steps=100, tol=1e-16)
     assert not raw.converged and raw.fun > 0.1 * raw.losses[0].item()  # no progress in SI units
-    for s in ("jac", [1e-3, 1e-9]):
-        res = physgrad.optimize(prob, X0, "lbfgs", steps=100, tol=1e-16, x_scale=s)
-        assert res.converged and torch.allclose(res.x, X_TRUE, rtol=1e-5)
+    for method in ("bfgs", "lbfgs"):
+        for s in ("jac", [1e-3, 1e-9]):
+            res = physgrad.optimize(prob, X0, method, steps=100, tol=1e-16, x_scale=s)
+            assert res.converged and torch.allclose(res.x, X_TRUE, rtol=1e-5)
 
 
 def test_x_scale_jac_is_inverse_column_norms_and_gd_becomes_jacobi_preconditioned():
