@@ -123,7 +123,7 @@ class Run:
         if steps >= self.nit:
             return self
         return Run(self.xs[: steps + 1], self.losses[: steps + 1],
-                   f"reached the step limit ({steps})", True)
+                   _limit_message(steps, self.losses[: steps + 1]), True)
 
     def extend(self, more: "Run") -> "Run":
         """This run followed by ``more``, a run started at this run's last iterate."""
@@ -131,10 +131,18 @@ class Run:
         m = re.match(r"step (\d+):(.*)", msg, re.S)
         if m:  # renumber the continuation's steps
             msg = f"step {int(m.group(1)) + self.nit}:{m.group(2)}"
-        elif msg.startswith("reached the step limit"):
-            msg = f"reached the step limit ({self.nit + more.nit})"
-        return Run(torch.cat([self.xs, more.xs[1:]]), torch.cat([self.losses, more.losses[1:]]),
-                   msg, more.ok, more.final)
+        losses = torch.cat([self.losses, more.losses[1:]])
+        if msg.startswith("reached the step limit"):
+            msg = _limit_message(self.nit + more.nit, losses)
+        return Run(torch.cat([self.xs, more.xs[1:]]), losses, msg, more.ok, more.final)
+
+
+def _limit_message(steps: int, losses: Tensor) -> str:
+    """The first sentence of :func:`physgrad.optimize`'s message for a run that reached its step
+    limit (a prefix or an extension of a cached run gets the message a fresh run would get)."""
+    L0, Lf = losses[0].item(), losses[-1].item()
+    tail = f" before any stopping criterion was met, at L/L0 = {Lf / L0:.3g}" if L0 > 0 else ""
+    return f"reached the step limit ({steps}){tail}"
 
 
 def run_method(prob: Problem, x0: Tensor, method: str, steps: int, step_size: float,

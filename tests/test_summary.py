@@ -39,7 +39,7 @@ def test_synthetic_rows_met_and_missed(tmp_path):
     _write(tmp_path, "two-outputs", [
         row("two-outputs", "lambda=0.01, published budget", "adam", "final_loss", 0.24, 0.24),
         row("two-outputs", "lambda=0.01, published budget", "gn", "final_loss", 0.05, 0.40),
-        row("two-outputs", "lambda=0.01, published budget", "hig", "final_loss", 2.9e-3, 2.9e-3,
+        row("two-outputs", "lambda=0.01, published budget", "hig-armijo", "final_loss", 2.9e-3, 2.9e-3,
             reason="GN converged further than in the paper"),
         row("two-outputs", "lambda=0.01, 60 s", "adam", "final_loss", 5e-4)])
     _write(tmp_path, "heat", [
