@@ -134,7 +134,7 @@ def run(cases, methods, sizes, repeats=3, loop_max=32, device=None, dtype=torch.
                                               float((res.x[:count] - xl).abs().max()))
                     row["batch_nit"] = res.nit
                     row["converged"] = int(res.converged.sum())
-                    row["failed"] = int((~res.success).sum())
+                    row["failed"] = int((res.status < 0).sum())  # diverged, stalled, singular, ... (not the step limit)
         log(f"  repeat {rep + 1}/{repeats} done")
     out = []
     for row in rows.values():
