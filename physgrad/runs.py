@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ import torch
 from .errors import PhysgradError
 from .optimize import optimize
 from .problem import Problem
+from .updates import METHODS
 
 __all__ = ["LOSS_FLOOR", "MethodFacts", "METHOD_FACTS", "learning_rate", "extendable", "family",
            "Run", "run_method", "RunCache", "is_stable", "max_stable_step", "loss_grid", "y_path"]
@@ -46,33 +47,22 @@ LOSS_FLOOR = 1e-16
 
 
 class MethodFacts(NamedTuple):
-    """What the explorers need to know about a method.
+    """What the explorers need to know about a method, read from its declaration in
+    :data:`physgrad.updates.METHODS` (the one place that says what a method is).
 
     ``learning_rate``: its η is a learning rate, whose right value depends on the units (a wide,
     problem-dependent slider range), not a fraction of the way to the target. ``extendable``: a
-    run can be continued from its last iterate (``x_{k+1} = x_k + Δx(x_k)``, no internal state);
-    ``state_options`` lists option values that give it internal state after all. ``family``:
-    ``"first-order"``, ``"newton"`` (Newton and quasi-Newton) or ``"inverse"`` (inverted updates);
-    the figures give each family its own dash pattern."""
+    run with default options can be continued from its last iterate (no internal state).
+    ``family``: ``"first-order"``, ``"newton"`` (Newton and quasi-Newton) or ``"inverse"``
+    (inverted updates); the figures give each family its own dash pattern."""
 
     learning_rate: bool
     extendable: bool
     family: str
-    state_options: Tuple[Tuple[str, object], ...] = ()
 
 
-#: The one place where this module reads facts about methods (to be read from the library's
-#: method declaration once it states them).
-METHOD_FACTS = {
-    "gd": MethodFacts(True, True, "first-order"),
-    "adam": MethodFacts(True, False, "first-order"),
-    "newton": MethodFacts(False, True, "newton"),
-    "bfgs": MethodFacts(False, False, "newton"),
-    "lbfgs": MethodFacts(False, False, "newton"),
-    "ig": MethodFacts(False, True, "inverse", (("damping", "auto"),)),
-    "pg": MethodFacts(False, True, "inverse"),
-    "hig": MethodFacts(False, True, "inverse"),
-}
+#: :data:`physgrad.updates.METHODS`, as the explorers read it.
+METHOD_FACTS = {name: MethodFacts(m.learning_rate, m.extendable({}), m.family) for name, m in METHODS.items()}
 
 
 def _facts(method: str) -> MethodFacts:
@@ -94,9 +84,8 @@ def family(method: str) -> str:
 
 def extendable(method: str, options: Optional[dict] = None) -> bool:
     """Whether a run of ``method`` with ``options`` can be continued from its last iterate."""
-    f = _facts(method)
-    options = options or {}
-    return f.extendable and not any(options.get(k, object()) == v for k, v in f.state_options)
+    _facts(method)
+    return METHODS[method].extendable(options or {})
 
 
 class Run:

@@ -494,7 +494,9 @@ class Method:
     bfloat16). ``real_only``: needs real x. ``real_jacobian``: refuses a complex P(x) of a real x.
     ``matrix``: the per-sample dense matrix it forms, ``"nn"`` (Hessian-sized) or ``"mn"``
     (Jacobian-sized). ``batched``: runs on batched problems. ``growth_guard``: a run whose
-    parameters run away ends (pure ig). ``hint``: what to try when a run diverges."""
+    parameters run away ends (pure ig). ``hint``: what to try when a run diverges. ``family``:
+    ``"first-order"``, ``"newton"`` (Newton and quasi-Newton) or ``"inverse"`` (the inverted
+    updates); the book's figures give each family its own dash pattern."""
 
     name: str
     kernel: Callable
@@ -509,6 +511,7 @@ class Method:
     batched: bool = True
     growth_guard: bool = False
     hint: str = "Try a smaller step_size."
+    family: str = "inverse"
     check: Callable = staticmethod(lambda **options: None)
 
     def state_type(self, options: dict):
@@ -544,14 +547,15 @@ _DAMPED_HINT = "Use damping='auto' (adaptive Levenberg-Marquardt), or a smaller 
 
 #: name -> :class:`Method`: the one declaration that optimize, batched, widgets and tests read
 METHODS = {m.name: m for m in (
-    Method("gd", _gd, learning_rate=True),
-    Method("adam", _adam, state=lambda o: AdamState, state_options=("betas", "eps"), learning_rate=True),
+    Method("gd", _gd, learning_rate=True, family="first-order"),
+    Method("adam", _adam, state=lambda o: AdamState, state_options=("betas", "eps"), learning_rate=True,
+           family="first-order"),
     Method("newton", _newton, ("fallback", "rcond", "line_search"), dense=True, real_only=True, matrix="nn",
-           check=_check_newton),
+           check=_check_newton, family="newton"),
     Method("bfgs", _quasi_newton, ("line_search",), state=lambda o: BFGSState, state_options=("init_scale",),
-           dense=True, real_only=True, matrix="nn", check=_check_line_search),
+           dense=True, real_only=True, matrix="nn", check=_check_line_search, family="newton"),
     Method("lbfgs", _quasi_newton, ("line_search",), state=lambda o: LBFGSState, state_options=("history",),
-           real_only=True, check=_check_line_search),
+           real_only=True, check=_check_line_search, family="newton"),
     Method("ig", _ig, ("damping", "solver", "rcond", "damping_scale") + MATFREE_OPTIONS,
            state=lambda o: LMState if o.get("damping") == "auto" else None, dense=True, real_only=True,
            real_jacobian=True, matrix="mn", growth_guard=True, hint=_DAMPED_HINT, check=_check_ig),
