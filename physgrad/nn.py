@@ -80,6 +80,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from .errors import MemoryBudgetError, NonFiniteError, ShapeError, SingularMatrixError
 from .linalg import spectral_solve
+from .linesearch import armijo
 
 __all__ = [
     "TrainResult", "train", "make_step", "Step", "DP", "SIP", "GN", "HIG", "LM", "mlp",
@@ -457,19 +458,18 @@ class HIG(Step):
         L0 = 0.5 * r.pow(2).sum().item() / B
         d = inverted_step(J, self.residual_scale * r, self.lr, self.kappa, self.truncation)
         t = 1.0
-        if self.line_search == "armijo":
-            slope = (J.T @ r).dot(d).item() / B  # directional derivative of the batch loss
+        if self.line_search == "armijo":  # the library's one Armijo search, on the flat weights
             theta0 = _flat_params(self.model)
-            for _ in range(self.max_backtracks + 1):
-                _set_flat(self.model, theta0 + t * d)
+
+            def batch_loss(theta):
+                _set_flat(self.model, theta[0])
                 with torch.no_grad():
-                    L1 = physics_loss(self.model, inputs, targets, self.physics, condition).item()
-                if math.isfinite(L1) and L1 <= L0 + self.c1 * t * min(slope, 0.0) and L1 < L0 or L0 == 0:
-                    break
-                t *= 0.5
-            else:
-                _set_flat(self.model, theta0)
-                t = 0.0
+                    return physics_loss(self.model, inputs, targets, self.physics, condition).item()
+
+            g = (J.T @ r) / B  # gradient of the batch loss
+            t = float(armijo(batch_loss, theta0[None], L0, g[None], d[None], 1.0, c1=self.c1,
+                             max_tries=self.max_backtracks + 1)[0])
+            _set_flat(self.model, theta0 + t * d)
         else:
             _add_flat(self.model, d)
         self.last_step_size = t * self.lr
