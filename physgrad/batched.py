@@ -223,8 +223,9 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                 rec["times"].append(time.perf_counter() - t_start)
                 if bar is not None:
                     bar.update(1)
-                if guard:
-                    x_ref = torch.where(x_ref > 0, x_ref, _norm(x))
+                if guard and k == 0:  # the scale is max(||x0||, ||x1||), as in the single loop
+                    x_ref = torch.maximum(x_ref, _norm(x))
+                elif guard:
                     freeze(active & (_norm(x) > U.GROWTH_LIMIT * x_ref.clamp_min(torch.finfo(x.dtype).tiny)),
                            E.NONFINITE)
                 conv = torch.zeros_like(active)

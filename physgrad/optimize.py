@@ -327,11 +327,12 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                     bar.update(1)
                 if guard:  # pure ig: parameters that run off by orders of magnitude end the run
                     xn = float(torch.linalg.vector_norm(x))
-                    x_ref = x_ref if x_ref > 0 else xn
-                    if xn > U.GROWTH_LIMIT * max(x_ref, torch.finfo(torch.float64).tiny):
+                    if k == 0:  # the scale is max(||x0||, ||x1||): a start at (almost) zero is no scale
+                        x_ref = max(x_ref, xn)
+                    elif xn > U.GROWTH_LIMIT * max(x_ref, torch.finfo(torch.float64).tiny):
                         status, message = E.NONFINITE, (
                             f"the parameters ran away after {k + 1} steps (||x|| = {xn:.3g}, {xn / x_ref:.3g} "
-                            f"times ||x0||). {spec.hint}")
+                            f"times max(||x0||, ||x1||)). {spec.hint}")
                         break
                 if atol is not None and Lf <= atol:
                     status, message = E.CONVERGED, f"reached L <= atol = {atol:g} after {k + 1} steps"

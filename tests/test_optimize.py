@@ -308,3 +308,15 @@ def test_pure_ig_growth_guard_ends_a_runaway_run():
     assert float(res.x.abs().max()) < 1e20
     auto = physgrad.optimize(prob, torch.tensor([1.0], dtype=torch.float64), "ig", steps=100, damping="auto")
     assert auto.status != -1
+
+
+def test_growth_guard_takes_its_scale_from_the_first_step_when_x0_is_almost_zero():
+    # x0 = 1e-16: one exact IG step lands on x = 0.5, 5e15 times ||x0|| -- that is the scale of
+    # the problem, not a runaway (the guard compares with max(||x0||, ||x1||)); single and batched
+    target = torch.ones(3, dtype=torch.float64)
+    x0 = torch.full((3,), 1e-16, dtype=torch.float64)
+    res = physgrad.optimize(physgrad.Problem(lambda x: 2 * x, target), x0, "ig", steps=5, tol=1e-20)
+    assert res.success and res.status == 0 and torch.allclose(res.x, 0.5 * target, rtol=1e-14)
+    batch = physgrad.Problem(lambda x: 2 * x, target.expand(2, 3).clone(), batched=True)
+    resb = physgrad.optimize(batch, x0.expand(2, 3).clone(), "ig", steps=5, tol=1e-20)
+    assert resb.success.all() and (resb.status == 0).all()
