@@ -11,9 +11,16 @@ The package behind the book *Inverting Gradients*. The core objects:
 * :mod:`physgrad.matfree` — matrix-free least squares (LSQR / CGLS over ``jvp``/``vjp``).
 * :mod:`physgrad.batched` — batches of independent problems (``Problem(..., batched=True)``).
 * :mod:`physgrad.inverse` — a numerical local inverse for any differentiable simulator.
+* :mod:`physgrad.external` — simulators from outside torch (your own ``vjp``/``jvp``/``jacobian``,
+  numpy code with a hand-written adjoint), given to ``Problem(forward, target, vjp=..., ...)``.
+* :mod:`physgrad.bounds` — ``optimize(..., bounds=(lo, hi), x_scale=...)``: bounded and rescaled
+  unknowns through a documented change of variables.
+* :mod:`physgrad.linesearch`, :mod:`physgrad.views` — the searches and the problem as the
+  kernels see it (one problem is a batch of one); :data:`physgrad.METHODS` declares each method.
 * ``physgrad.problems`` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
-* :mod:`physgrad.nn`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`, :mod:`physgrad.bench` —
-  network training, interactive explorers, figures, benchmark (imported on demand).
+* :mod:`physgrad.nn`, :mod:`physgrad.runs`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`,
+  :mod:`physgrad.bench`, :mod:`physgrad.machine` — network training, headless runs and live
+  explorers, figures, benchmark and machine info (imported on demand).
 
 .. rubric:: Dtype and device policy (checked by :func:`~physgrad.optimize.optimize` before the first step)
 
@@ -43,7 +50,7 @@ modifies an indefinite Hessian to descend, ``bfgs``/``lbfgs`` use a strong-Wolfe
 criteria (``tol``, ``atol``, ``gtol``, ``xtol``): see :func:`~physgrad.optimize.optimize` and :class:`~physgrad.optimize.Result`.
 """
 
-from . import batched, errors, inverse, linalg, matfree, problems, updates
+from . import batched, bounds, errors, external, inverse, linalg, matfree, problems, updates
 from .errors import (
     InverseSimulatorError,
     MemoryBudgetError,
@@ -61,7 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Problem", "optimize", "Result", "BatchResult", "METHODS", "STATUS", "updates", "batched",
-    "linalg", "matfree", "inverse", "problems",
+    "linalg", "matfree", "inverse", "problems", "external", "bounds",
     "errors",
     "PhysgradError", "ShapeError", "NonFiniteError", "SingularMatrixError", "MissingInverseError",
     "InverseSimulatorError", "MemoryBudgetError",

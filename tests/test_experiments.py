@@ -44,7 +44,7 @@ def test_oscillator_run_hig_reduces_test_loss():
 def test_result_rows_and_machine_info():
     r = row("heat", "64x64", "adam", "test_x_l1", 3, 125.0)
     assert r == dict(experiment="heat", setting="64x64", method="adam", metric="test_x_l1", value=3.0,
-                     published=125.0)
+                     published=125.0, source=None)
     info = machine_info()
     for key in ("cpu", "cores", "torch_threads", "torch", "numpy", "python", "date", "load_avg_1_5_15"):
         assert key in info

@@ -24,7 +24,8 @@ __all__ = ["machine_info", "write_results", "row", "NAMES"]
 NAMES = ("two-outputs", "oscillators", "coupling", "heat")
 
 
-def row(experiment, setting, method, metric, value, published=None, **extra) -> dict:
-    """One result row; ``published`` is None where the paper gives no number."""
+def row(experiment, setting, method, metric, value, published=None, source=None, **extra) -> dict:
+    """One result row; ``published`` is None where the paper gives no number, and ``source`` names
+    where a published number comes from (paper and figure, or repository file; None without one)."""
     return dict(experiment=experiment, setting=setting, method=method, metric=metric,
-                value=None if value is None else float(value), published=published, **extra)
+                value=None if value is None else float(value), published=published, source=source, **extra)
