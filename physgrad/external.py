@@ -87,6 +87,8 @@ class Simulator:
     name
         A label for messages.
 
+    Notes
+    -----
     Second derivatives (``method="newton"``) cannot be formed from these and are refused.
     Every supplied function must return tensors with the dtype and device of ``x``;
     :func:`numpy_simulator` does this conversion for numpy code.

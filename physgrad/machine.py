@@ -1,8 +1,8 @@
 """Facts about the machine a measurement ran on, and the helpers every benchmark shares.
 
 This module sits at the bottom of the package (it imports nothing from ``physgrad``), so the
-benchmark (:mod:`physgrad.bench`, :mod:`physgrad.bench_batch`) and the book's experiments
-(:mod:`physgrad.experiments`) all import *down* into it and never into each other:
+benchmark (:mod:`physgrad.bench`, ``physgrad.bench_batch``) and the book's experiments
+(``physgrad.experiments``) all import *down* into it and never into each other:
 
 * :func:`machine_info` — one probe (CPU model, cores, load average, threads, BLAS pools, package
   versions, git commit, date) for every JSON under ``results/``;
@@ -36,7 +36,7 @@ def blas_pools():
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else what :mod:`platform` knows)."""
+    """The CPU's model name from /proc/cpuinfo (else what Python's ``platform`` module knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
