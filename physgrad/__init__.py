@@ -16,7 +16,7 @@ The package behind the book *Inverting Gradients*. The core objects:
 * :mod:`physgrad.bounds` — ``optimize(..., bounds=(lo, hi), x_scale=...)``: bounded and rescaled
   unknowns through a documented change of variables.
 * :mod:`physgrad.linesearch`, :mod:`physgrad.views` — the searches and the problem as the
-  kernels see it (one problem is a batch of one); :data:`physgrad.METHODS` declares each method.
+  kernels see it (one problem is a batch of one); ``physgrad.METHODS`` declares each method.
 * ``physgrad.problems`` — the book's example problems (toy, heat, Poisson, Burgers, oscillators).
 * :mod:`physgrad.nn`, :mod:`physgrad.runs`, :mod:`physgrad.widgets`, :mod:`physgrad.plotting`,
   :mod:`physgrad.bench`, :mod:`physgrad.machine` — network training, headless runs and live
