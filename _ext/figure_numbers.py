@@ -24,17 +24,20 @@ from docutils import nodes
 
 #: the prefix of figures outside every numbered chapter (appendix, reference)
 APPENDIX = "A"
+#: the prefix of the cover's figures (the front matter, before chapter 1)
+FRONT = "0"
 TWIN = "nb-"
 
 
-def renumber(fignumbers: dict) -> dict:
+def renumber(fignumbers: dict, front: str = "") -> dict:
     """Per-chapter figure numbers with twins merged, from Sphinx's ``env.toc_fignumbers``.
 
     ``fignumbers[doc]["figure"][id]`` is Sphinx's tuple (chapter, k) -- or (k,) for a page without
     a chapter number -- assigned in reading order. Returns the same structure with (i) the
     figures named ``nb-<id>`` that have a numbered twin ``<id>`` given the twin's number, (ii)
     the other figures of each chapter renumbered 1, 2, … in their old order, and (iii) the
-    figures of pages without a chapter number prefixed with :data:`APPENDIX`.
+    figures of pages without a chapter number prefixed with :data:`APPENDIX`, except the cover
+    page ``front`` (the root document), whose figures are prefixed with :data:`FRONT`.
     Other kinds of numbers (tables, code blocks, equations) are left as they are.
     """
     figs = [(num, doc, fid) for doc, kinds in fignumbers.items()
@@ -51,7 +54,7 @@ def renumber(fignumbers: dict) -> dict:
     for num, doc, fid in sorted(figs, key=order):
         if (doc, fid) in twins:
             continue
-        prefix = tuple(num[:-1]) if len(num) > 1 else (APPENDIX,)
+        prefix = tuple(num[:-1]) if len(num) > 1 else ((FRONT,) if doc == front else (APPENDIX,))
         counters[prefix] = counters.get(prefix, 0) + 1
         new[doc]["figure"][fid] = (*prefix, counters[prefix])
     for (doc, fid), (tdoc, _) in twins.items():
@@ -60,7 +63,7 @@ def renumber(fignumbers: dict) -> dict:
 
 
 def _renumber(app, env):
-    env.toc_fignumbers = renumber(env.toc_fignumbers)
+    env.toc_fignumbers = renumber(env.toc_fignumbers, front=env.config.root_doc)
     return []
 
 

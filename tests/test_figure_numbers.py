@@ -31,3 +31,11 @@ def test_pages_without_a_chapter_number_get_appendix_numbers():
     out = renumber(sphinx)
     assert out["notebooks/explorables"]["figure"] == {"x": ("A", 1), "y": ("A", 2)}
     assert out["notebooks/cover"]["figure"] == {"z": ("A", 3)}
+
+
+def test_the_cover_page_is_front_matter_and_does_not_shift_the_appendix():
+    sphinx = {"index": {"figure": {"teaser": (1,)}},
+              "notebooks/explorables": {"figure": {"x": (2,), "y": (3,)}}}
+    out = renumber(sphinx, front="index")
+    assert out["index"]["figure"] == {"teaser": ("0", 1)}
+    assert out["notebooks/explorables"]["figure"] == {"x": ("A", 1), "y": ("A", 2)}
