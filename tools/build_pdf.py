@@ -158,7 +158,9 @@ def prepare(numbers: dict[str, int] | None = None) -> tuple[Path, list[dict]]:
     m = re.search(r'<article class="bd-article"[^>]*>', page)
     if not m:
         raise SystemExit("build_pdf: no <article class=\"bd-article\"> in the singlehtml page")
-    page = page[:m.end()] + front + page[m.end():]
+    # the theme's print-only page header repeats the book's title above the title page
+    hide = '<style>@media print { #jb-print-docs-body { display: none !important; } }</style>'
+    page = page[:m.end()] + hide + front + page[m.end():]
     out = SINGLE / "book-print.html"
     out.write_text(page, encoding="utf-8")
     return out, entries
