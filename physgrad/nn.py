@@ -444,18 +444,22 @@ class HIG(Step):
         self.c1, self.max_backtracks = c1, max_backtracks
         self.last_step_size = lr
 
-    def _step(self, inputs, targets, condition=None):
+    def _residual(self, inputs, targets, condition=None):
+        """The stacked Jacobian ``J``, the stacked residual ``r = y - y*``, the batch size ``B`` and
+        the batch loss ``L0`` at the current weights (shared by HIG, GN and LM)."""
         J, y = stacked_jacobian(self.model, inputs, self.physics, condition, self.max_jacobian_bytes)
-        name = type(self).__name__
         if not bool(torch.isfinite(J).all()):
-            raise NonFiniteError(f"{name}: the stacked Jacobian is not finite; the simulator diverged "
-                                 "for some sample (check its inputs and the step size).")
+            raise NonFiniteError(f"{type(self).__name__}: the stacked Jacobian is not finite; the simulator "
+                                 "diverged for some sample (check its inputs and the step size).")
         B = inputs.shape[0]
         if y.numel() != targets.numel():
             raise ShapeError(f"physics returns {y.numel() // B} values per sample, but the targets have "
                              f"shape {tuple(targets.shape[1:])} per sample")
         r = y - targets.reshape(-1)
-        L0 = 0.5 * r.pow(2).sum().item() / B
+        return J, r, B, 0.5 * r.pow(2).sum().item() / B
+
+    def _step(self, inputs, targets, condition=None):
+        J, r, B, L0 = self._residual(inputs, targets, condition)
         d = inverted_step(J, self.residual_scale * r, self.lr, self.kappa, self.truncation)
         t = 1.0
         if self.line_search == "armijo":  # the library's one Armijo search, on the flat weights
@@ -510,15 +514,7 @@ class LM(HIG):
     def _step(self, inputs, targets, condition=None):
         from .linalg import damped_solve
 
-        J, y = stacked_jacobian(self.model, inputs, self.physics, condition, self.max_jacobian_bytes)
-        if not bool(torch.isfinite(J).all()):
-            raise NonFiniteError("LM: the stacked Jacobian is not finite; the simulator diverged for some sample.")
-        B = inputs.shape[0]
-        if y.numel() != targets.numel():
-            raise ShapeError(f"physics returns {y.numel() // B} values per sample, but the targets have "
-                             f"shape {tuple(targets.shape[1:])} per sample")
-        r = y - targets.reshape(-1)
-        L0 = 0.5 * r.pow(2).sum().item() / B
+        J, r, B, L0 = self._residual(inputs, targets, condition)
         scale = J.pow(2).sum(0)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # unused weights: plain λ
         theta0, mu0 = _flat_params(self.model), self.damping
