@@ -50,15 +50,26 @@ def _mv(A: Tensor, v: Tensor) -> Tensor:
     return (A @ v.unsqueeze(-1)).squeeze(-1)
 
 
-def _spectral(J: Tensor, r: Tensor, kappa: float, truncation: Optional[float]):
-    if J.shape[-2] < J.shape[-1]:  # wide J: LAPACK's SVD is faster on the tall transpose
+def thin_svd(J: Tensor):
+    """``U, S, Vh`` of the thin SVD per block (a wide ``J`` goes through its tall transpose, which
+    LAPACK factors faster)."""
+    if J.shape[-2] < J.shape[-1]:
         V, S, Uh = torch.linalg.svd(J.mT, full_matrices=False)
-        U, Vh = Uh.mT, V.mT
-    else:
-        U, S, Vh = torch.linalg.svd(J, full_matrices=False)
+        return Uh.mT, S, V.mT
+    return torch.linalg.svd(J, full_matrices=False)
+
+
+def kept(J: Tensor, S: Tensor, truncation: Optional[float] = None) -> Tensor:
+    """The singular values ``S`` of ``J`` that count as nonzero: ``S > truncation · σ_max``
+    (:func:`default_rcond` when ``truncation`` is ``None``)."""
     tol = default_rcond(J) if truncation is None else float(truncation)
     smax = S[..., :1] if S.shape[-1] else torch.zeros(S.shape[:-1] + (1,), dtype=S.dtype, device=S.device)
-    keep = S > tol * smax
+    return S > tol * smax
+
+
+def _spectral(J: Tensor, r: Tensor, kappa: float, truncation: Optional[float]):
+    U, S, Vh = thin_svd(J)
+    keep = kept(J, S, truncation)
     coeff = torch.where(keep, _mv(U.mT, r) * torch.where(keep, S, torch.ones_like(S)).pow(-kappa),
                         torch.zeros_like(S))
     return _mv(Vh.mT, coeff), keep, S

@@ -171,7 +171,9 @@ def test_auto_lm_float32_stalls_cleanly_instead_of_overflowing():
     prob = physgrad.Problem(_projectile_like, torch.tensor([5.0, 2.0, 0.3]))
     res = physgrad.optimize(prob, torch.tensor([10.0, 0.5, 0.1]), "ig", steps=200, damping="auto")
     assert res.x.dtype == torch.float32 and bool(torch.isfinite(res.losses).all())
-    assert res.losses[-1] < 1e-8 and ("stalled" in res.message or res.nit == 200)
+    # it ends cleanly: at L = 0 (the trust-region LM of MINPACK gets there in float32), stalled at
+    # round-off, or at the step limit, never with an overflowing damping
+    assert res.losses[-1] < 1e-8 and (res.converged or "stalled" in res.message or res.nit == 200)
 
 
 def test_misspelled_ig_option_is_rejected():
