@@ -330,10 +330,13 @@ class LMState:
 
     ``scale`` is ``D²``, the running maximum over the steps of ``diag(J^T J)`` (zeros read as 1).
     ``radius`` is the trust radius ``Δ`` in the scaled norm ``||D Δx||``; ``None`` starts it at
-    ``factor · ||D x_0||`` (``factor`` itself when that is 0), as MINPACK does. ``lam`` is the
-    Levenberg–Marquardt parameter of the last trial step, relative to the scale: the step solves
-    ``min ||J Δx + η r||² + lam ||D Δx||²`` with ``lam = 0`` (the Gauss–Newton step) when that step
-    fits in ``1.1 Δ``, and otherwise ``lam > 0`` such that ``||D Δx||`` is within 10 % of ``Δ``.
+    ``factor · ||D x_0||`` (``factor`` itself when that is 0), as MINPACK does. Each trial step solves
+    ``min ||J Δx + η r||² + λ ||D Δx||²`` with ``λ = 0`` (the Gauss–Newton step) when that step
+    fits in ``1.1 Δ``, and otherwise the ``λ > 0`` for which ``||D Δx||`` is within 10 % of ``Δ``.
+    With the gain ratio ρ = actual / predicted decrease, ρ <= 0.25 shrinks ``Δ`` (by a factor
+    in [0.1, 0.5]) and ρ >= 0.75, or ``λ = 0``, sets ``Δ = 2 ||D Δx||``; a step is accepted when
+    ρ >= 10⁻⁴. ``lam`` is the current λ (relative to the scale) after that update, the start of
+    the next search.
     ``max_tries`` bounds the trial steps per call; ``rejected`` counts the rejected ones, and
     ``stalled`` is set when no trial step lowers the loss before ``Δ`` falls to round-off
     (``Δ <= eps · ||D x||``) or the tries run out. For one problem ``lam``, ``radius``,

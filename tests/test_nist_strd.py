@@ -145,3 +145,47 @@ def test_lm_solves_every_fit_minpack_solves(name, start):
         np.testing.assert_allclose(b, ref, rtol=1e-7)  # where both solve, they agree
     else:
         assert not solved(ref, name)
+
+
+def _linear():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(8, 3, generator=g, dtype=D) * torch.tensor([1.0, 30.0, 0.02], dtype=D)
+    y = torch.randn(8, generator=g, dtype=D)
+    x0 = torch.tensor([0.5, -0.2, 3.0], dtype=D)
+    return physgrad.Problem(lambda x: A @ x, y), A, y, x0
+
+
+def test_trust_region_step_is_bounded_or_gauss_newton():
+    prob, A, y, x0 = _linear()
+    Dn = (A * A).sum(0).sqrt().numpy()  # D = sqrt(diag(A^T A)), MINPACK's scaling at x0
+    An, r = A.numpy(), (A @ x0 - y).numpy()
+    gn = np.linalg.lstsq(An, -r, rcond=None)[0]
+    gn_len = np.linalg.norm(Dn * gn)
+    # a small radius: the step is damped onto the trust-region boundary, within MINPACK's 10 %
+    for radius in (1e-3 * gn_len, 0.3 * gn_len):
+        st = updates.LMState(radius=radius)
+        dx = updates.ig(prob, x0, damping="auto", state=st).numpy()
+        assert 0.9 * radius <= np.linalg.norm(Dn * dx) <= 1.1 * radius
+        # a linear model predicts exactly (ρ = 1): accepted at once, and MINPACK's update for ρ >= 0.75
+        # doubles the radius to 2 ||D dx|| and halves λ for the next step
+        assert st.lam > 0 and st.rejected == 0
+        assert st.radius == pytest.approx(2 * np.linalg.norm(Dn * dx), rel=1e-12)
+        lam = 2 * st.lam  # the λ of this step: dx = argmin ||A dx + r||² + λ ||D dx||²
+        lm = np.linalg.lstsq(np.vstack([An, np.sqrt(lam) * np.diag(Dn)]), np.concatenate([-r, np.zeros(3)]),
+                             rcond=None)[0]
+        np.testing.assert_allclose(dx, lm, rtol=1e-10)
+    # a large radius: the Gauss-Newton step itself (λ = 0)
+    st = updates.LMState(radius=10 * gn_len)
+    dx = updates.ig(prob, x0, damping="auto", state=st).numpy()
+    assert st.lam == 0
+    np.testing.assert_allclose(dx, gn, rtol=1e-10)
+    # MINPACK's start Δ0 = factor ||D x0||
+    st = updates.LMState(factor=1e-4)
+    dx = updates.ig(prob, x0, damping="auto", state=st).numpy()
+    assert np.linalg.norm(Dn * dx) <= 1.1e-4 * np.linalg.norm(Dn * x0.numpy())
+
+
+def test_lm_options_are_checked():
+    prob, A, y, x0 = _linear()
+    with pytest.raises(ValueError, match="factor"):
+        updates.ig(prob, x0, damping="auto", state=updates.LMState(factor=0.0))
