@@ -145,9 +145,15 @@ def _newton(view, x, eta, active, st, fallback="raise", rcond=None, line_search=
     fail = _fail(active, ok)
     run = _run(active, fail)
     k = int(modified.sum() if run is None else (modified & run).sum())
+    L = view.losses(x)
     if k:
         view.count("hessian_modified", k)
-    t = _search(line_search, view, x, view.losses(x), g, p, eta, run)
+        # bounded step: L >= 0, so a modified model that promises a decrease -g.p/2 beyond L
+        # itself overreaches; shorten its first trial to -g.p = 2L (units-free, saves backtracking)
+        slope = -(g * p).sum(-1)
+        over = modified & (slope > 2 * L)
+        p = torch.where(over[:, None], p * (2 * L / torch.where(over, slope, torch.ones_like(slope)))[:, None], p)
+    t = _search(line_search, view, x, L, g, p, eta, run)
     return Step(t[:, None] * p, fail)
 
 
