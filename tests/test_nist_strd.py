@@ -6,7 +6,12 @@ Data: NIST/ITL StRD, https://www.itl.nist.gov/div898/strd/nls/nls_main.shtml (th
 published, converted to ``tests/data/nist_strd.json`` by ``tools/nist_strd_to_json.py``). Each model
 below is typed in from the model line of its .dat file.
 
-"Solved" means: every parameter agrees with its certified value to a relative 1e-6.
+"Solved" means: every parameter agrees with its certified value to a relative 1e-6 (the certified
+residual sums of squares are checked separately, for the data and the typed-in models).
+
+Counts (MINPACK solved / physgrad solved, of 54): 53 / 52 with the Nielsen-rule LM that this
+trust-region LM replaced (MGH10 from start 1 ran off to b2 ≈ 4.6e5), 53 / 53 now. Neither solves
+BoxBOD from start 1.
 """
 
 import json
@@ -142,9 +147,12 @@ def test_lm_solves_every_fit_minpack_solves(name, start):
     b, res = ours(name, start)
     if solved(ref, name):
         assert solved(b, name), (name, start, b, PROBLEMS[name]["certified"], res.message)
-        np.testing.assert_allclose(b, ref, rtol=1e-7)  # where both solve, they agree
-    else:
-        assert not solved(ref, name)
+        # where both solve, they agree: the parameters to the same 1e-6, and ours is as good a fit as
+        # MINPACK's (residual sum of squares within 1e-9 relative, or at round-off of sum(y²))
+        np.testing.assert_allclose(b, ref, rtol=RTOL)
+        f, y = problem(name)
+        rss = [float(((f(torch.from_numpy(v)) - y) ** 2).sum()) for v in (b, ref)]
+        assert rss[0] <= rss[1] * (1 + 1e-9) + 1e-20 * float((y * y).sum()), (name, start, rss)
 
 
 def _linear():
