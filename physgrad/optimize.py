@@ -224,9 +224,10 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     the book. ``gd``, ``adam``, ``ig`` and ``pg`` take the step η as it is.
 
     Noisy data (regularization): ``ig`` regularizes through ``rcond`` (drop singular values below
-    ``rcond·σ_max``) or ``damping`` (Levenberg–Marquardt / Tikhonov, ``"auto"`` adapts it);
-    ``hig`` through ``truncation``; ``newton`` through ``rcond`` with ``fallback="pinv"``. Every
-    method can stop early at the noise level with ``atol`` (discrepancy principle).
+    ``rcond·σ_max``) or ``damping`` (Levenberg–Marquardt / Tikhonov; ``"auto"`` adapts it inside
+    a trust region, as MINPACK does); ``hig`` through ``truncation``; ``newton`` through ``rcond``
+    with ``fallback="pinv"``. Every method can stop early at the noise level with ``atol``
+    (discrepancy principle).
 
     Entrance (``bounds``, ``x_scale``, ``check_derivatives``): ``bounds=(lo, hi)`` and
     ``x_scale`` (an array or ``"jac"``) run the method on a reparametrized problem and map the
@@ -344,7 +345,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                     status, message = E.CONVERGED, f"reached ||grad L|| <= gtol = {gtol:g} after {k + 1} steps"
                     break
                 if step.stalled:
-                    status, message = run.stall(k, x, Lf, L0, "Levenberg-Marquardt stalled (no damping gives a decrease)")
+                    status, message = run.stall(k, x, Lf, L0, "Levenberg-Marquardt stalled (no step inside "
+                                                "the trust region lowers L)")
                     break
                 # a zero update above L = 0 is a stall, never a met xtol: it ends the run at once (at L = 0
                 # the run goes on, so that a trajectory that hits the solution exactly keeps its length)
