@@ -197,3 +197,16 @@ def test_lm_options_are_checked():
     prob, A, y, x0 = _linear()
     with pytest.raises(ValueError, match="factor"):
         updates.ig(prob, x0, damping="auto", state=updates.LMState(factor=0.0))
+
+
+@pytest.mark.parametrize("name", ["MGH10", "MGH09", "Eckerle4"])
+def test_batched_lm_follows_the_single_runs(name):
+    # the same kernel over a batch: both certified starts at once end where their single runs end
+    f, y = problem(name)
+    X0 = torch.tensor([PROBLEMS[name]["start1"], PROBLEMS[name]["start2"]], dtype=D)
+    prob = physgrad.Problem(lambda X: torch.stack([f(b) for b in X]), y.expand(2, -1), batched=True)
+    res = physgrad.optimize(prob, X0, "ig", steps=5000, damping="auto", xtol=1e-15, progress=False)
+    for k, start in enumerate((1, 2)):
+        b, single = ours(name, start)
+        assert solved(res.x[k].numpy(), name) == solved(b, name) == solved(minpack(name, start), name)
+        np.testing.assert_allclose(res.x[k].numpy(), b, rtol=1e-9)
