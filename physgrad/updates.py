@@ -49,7 +49,7 @@ from .views import SingleView
 __all__ = [
     "gd", "adam", "newton", "bfgs", "lbfgs", "ig", "pg", "pg_point", "hig",
     "AdamState", "BFGSState", "LBFGSState", "LMState", "y_step", "descent_newton_direction",
-    "Step", "Method", "METHODS",
+    "Step", "Method", "METHODS", "default_learning_rate",
 ]
 
 Tensor = torch.Tensor
