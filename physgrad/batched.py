@@ -172,6 +172,8 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
         if not bool(torch.isfinite(L).all()):
             bad = torch.nonzero(~torch.isfinite(L)).flatten().tolist()
             raise NonFiniteError(f"the loss at x0 is not finite for sample(s) {bad[:10]}: P(x0) is not finite there")
+        if step_size is None:  # gd / adam: the heuristic at x0, the smallest over the samples
+            step_size = U.default_learning_rate(method, view, x)
         L0, X0 = L.clone(), x.clone()
         status = torch.full((B,), E.STEP_LIMIT, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)

@@ -9,9 +9,14 @@ gives the Gauss–Newton / pseudo-inverse step for ``κ = 1`` (inverse gradients
 step for ``κ = 1/2`` and a gradient-like step ``J^T r`` for ``κ = -1``. Singular values below
 ``truncation · σ_max`` are **dropped** (their directions get no update), never clamped.
 
-Least-squares problems are solved through the SVD (never the normal equations), so rank
-deficiency is an ordinary, handled case. Damped solves use Marquardt's diagonal scaling
-``λ · diag(J^T J)`` by default, which keeps the step invariant under a rescaling of P.
+Least-squares problems are solved through the SVD, so rank deficiency is an ordinary, handled
+case. The pseudo-inverse and damped solves have one fast path: a block whose (Jacobi-scaled,
+damped) normal equations have a Cholesky factor with pivots far from zero (ratio above
+``eps^(2/3)``) is solved through that factor with one step of iterative refinement, which costs a
+fraction of an SVD; every other block (rank deficient, badly conditioned) takes the SVD. The
+same rule picks Newton's direction (:func:`descent_direction`). Damped solves use Marquardt's
+diagonal scaling ``λ · diag(J^T J)`` by default, which keeps the step invariant under a
+rescaling of P.
 
 :func:`spectral`, :func:`damped`, :func:`symmetric` and :func:`descent_direction` take matrices
 ``(..., m, n)`` with any leading batch axes (one block per sample, as :mod:`torch.linalg` does)

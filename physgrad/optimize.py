@@ -176,8 +176,11 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     steps
         Maximum number of updates.
     step_size
-        η. For ``gd``/``adam`` it is the learning rate and must be given (its right value
-        depends on the units and scale of the problem, chapter 2). For the inverted methods it is
+        η. For ``gd``/``adam`` it is the learning rate; its right value depends on the units and
+        scale of the problem (chapter 2), so pass it when you know it. Without it a heuristic
+        picks one at x0 (:func:`physgrad.updates.default_learning_rate`: ``1/λ_max(J^T J)`` for
+        gd, the largest entry of that gradient step for adam); ``result.step_size`` reports the
+        value used. For the inverted methods it is
         the fraction of the way to the target (``Δy = η (y* − P(x))``); default 1. With a line
         search (the default of newton, hig, bfgs, lbfgs) it is the first trial step length.
     tol
@@ -272,6 +275,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         L0 = float(L)
         if not math.isfinite(L0):
             raise NonFiniteError(f"the loss at x0 is {L0}: the simulator output P(x0) is not finite")
+        if step_size is None:  # gd / adam without a step size: the documented heuristic at x0
+            step_size = U.default_learning_rate(method, view, x.reshape(1, -1))
         xs, losses, times = [x.clone()], [L], [0.0]
         run = _Run(xs, losses, times, method, step_size, kw, state_kw, counts, keep_xs, problem)
         status, message = E.STEP_LIMIT, None

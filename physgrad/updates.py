@@ -49,7 +49,7 @@ from .views import SingleView
 __all__ = [
     "gd", "adam", "newton", "bfgs", "lbfgs", "ig", "pg", "pg_point", "hig",
     "AdamState", "BFGSState", "LBFGSState", "LMState", "y_step", "descent_newton_direction",
-    "Step", "Method", "METHODS",
+    "Step", "Method", "METHODS", "default_learning_rate",
 ]
 
 Tensor = torch.Tensor
@@ -587,8 +587,8 @@ class Method:
     ``kernel``: the step over ``(B, n)``. ``options``: the options the kernel takes.
     ``state``: ``options -> state class or None`` (the state the method keeps between steps).
     ``state_options``: options that configure a fresh state. ``learning_rate``: η is a learning
-    rate and must be given (no safe default). ``dense``: needs dense linear algebra (no float16 /
-    bfloat16). ``real_only``: needs real x. ``real_jacobian``: refuses a complex P(x) of a real x.
+    rate (without ``step_size`` it comes from :func:`default_learning_rate`). ``dense``: needs
+    dense linear algebra (no float16 / bfloat16). ``real_only``: needs real x. ``real_jacobian``: refuses a complex P(x) of a real x.
     ``matrix``: the per-sample dense matrix it forms, ``"nn"`` (Hessian-sized) or ``"mn"``
     (Jacobian-sized). ``batched``: runs on batched problems. ``growth_guard``: a run whose
     parameters run away ends (pure ig). ``hint``: what to try when a run diverges. ``family``:
@@ -858,10 +858,8 @@ def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, o
     if time_budget is not None and not (isinstance(time_budget, numbers.Real) and time_budget == math.inf):
         check_tolerance("time_budget", time_budget)  # (an infinite budget means none)
     if step_size is None:
-        if spec.learning_rate:
-            raise ValueError(
-                f"method {method!r} needs an explicit step_size (learning rate): its right value depends "
-                "on the units and the scale of the problem, so there is no safe default.")
+        if spec.learning_rate:  # the caller picks it at x0 with default_learning_rate
+            return _after_step_size(spec, None, tols, options, state)
         step_size = 1.0
     if isinstance(step_size, (str, bytes, bool)) or not (
             isinstance(step_size, numbers.Real) or (torch.is_tensor(step_size) and step_size.numel() == 1)):
@@ -869,6 +867,11 @@ def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, o
     step_size = float(step_size)
     if not (step_size > 0 and step_size < float("inf")):
         raise ValueError(f"step_size must be a positive finite number, got {step_size}")
+    return _after_step_size(spec, step_size, tols, options, state)
+
+
+def _after_step_size(spec, step_size, tols, options, state):
+    method = spec.name
     unknown = sorted(set(options) - set(spec.options) - set(spec.state_options))
     if unknown:
         known = sorted(spec.options + spec.state_options)
@@ -887,6 +890,43 @@ def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, o
         if state_kw:
             raise TypeError(f"pass either state= or the state option(s) {sorted(state_kw)}, not both")
     return spec, step_size, tols, kw, state_kw
+
+
+#: power iterations of the step-size heuristic of gd and adam
+POWER_ITERATIONS = 20
+
+
+def default_learning_rate(method: str, view, x: Tensor, g: Optional[Tensor] = None,
+                          iters: int = POWER_ITERATIONS) -> float:
+    r"""The step size of ``gd`` and ``adam`` when none is given: a documented heuristic.
+
+    * ``gd``: ``η = 1/λ_max(J^T J)`` at ``x0``, the classic ``1/L`` step of gradient descent
+      (``L`` the largest curvature of the Gauss–Newton model). It makes GD stable on the
+      linearized problem whatever the units; ``λ_max`` comes from ``iters`` power iterations on
+      ``J^T J v`` (one jvp and one vjp each), from a fixed pseudo-random start.
+    * ``adam``: Adam moves each parameter by about its learning rate per step, so the rate is a
+      length in the units of x: the largest entry ``||η g_0||_∞`` of that first ``1/L`` gradient
+      step.
+
+    In a batch, the smallest value over the samples (every sample stays stable). Where it cannot
+    be formed (a zero Jacobian or gradient at x0) it is 1. It is a starting point, not a tuned
+    value: pass ``step_size`` to override it."""
+    B, n = x.shape
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(B, n, generator=gen, dtype=torch.float64).to(dtype=x.dtype, device=x.device)
+    lam = torch.zeros(B, dtype=x.real.dtype if x.is_complex() else x.dtype, device=x.device)
+    for _ in range(max(1, int(iters))):
+        v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(torch.finfo(lam.dtype).tiny)
+        w = view.gauss_newton_product(x, v)
+        lam = (v.conj() * w).sum(-1).real if v.is_complex() else (v * w).sum(-1)
+        v = w
+    eta = 1.0 / lam
+    if method == "adam":
+        if g is None:
+            g = view.value_and_grad(x)[1]
+        eta = eta * g.abs().amax(-1)
+    eta = eta[torch.isfinite(eta) & (eta > 0)]
+    return float(eta.min()) if eta.numel() else 1.0
 
 
 def check_dtypes(spec: Method, x: Tensor, y: Tensor) -> None:

@@ -71,6 +71,12 @@ class SingleView:
         g, H = self.problem.grad_and_hessian(x.reshape(self.x_shape))
         return g.reshape(1, -1), H.unsqueeze(0)
 
+    def gauss_newton_product(self, x: Tensor, v: Tensor) -> Tensor:
+        """``J^T J v`` (through the problem's jvp and vjp, user-supplied ones included)."""
+        xs = x.reshape(self.x_shape)
+        Jv = self.problem.jvp(xs, v.reshape(self.x_shape))
+        return self.problem.vjp(xs, Jv).reshape(1, -1)
+
     def inverse_point(self, x: Tensor, eta: float):
         """``P^{-1}(P(x) + η (y* − P(x)); x)`` as ``(1, n)``, and ``None`` (no per-sample flag:
         a failing inverse raises)."""
@@ -178,6 +184,16 @@ class BatchView:
 
         H, g = jacfwd(total_grad, has_aux=True)(torch.zeros(self.n, dtype=xf.dtype, device=xf.device))
         return g.to(xf.dtype), H.to(xf.dtype)
+
+    def gauss_newton_product(self, xf: Tensor, v: Tensor) -> Tensor:
+        """Every sample's ``J_b^T J_b v_b`` ``(B, n)`` (one jvp and one vjp of the batched forward)."""
+        self.count("jvp")
+        self.count("vjp")
+        Jv = torch.func.jvp(self.P, (xf.detach(),), (v,))[1]
+        xr = xf.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(self.P(xr), xr, Jv)
+        return g
 
     def inverse_point(self, x: Tensor, eta: float):
         """Every sample's ``P^{-1}(P(x) + η (y* − P(x)); x)`` ``(B, n)`` and a ``(B,)`` flag of

@@ -48,9 +48,15 @@ def test_cuda_runs_on_device(method):
     torch.testing.assert_close(res.xs.cpu(), cpu.xs, rtol=1e-9, atol=1e-12)
 
 
-def test_gd_requires_step_size():
-    with pytest.raises(ValueError, match="needs an explicit step_size"):
-        physgrad.optimize(toy(), toy_x0(), "gd", steps=3)
+def test_gd_without_step_size_uses_the_documented_heuristic():
+    from physgrad.updates import default_learning_rate
+    from physgrad.views import SingleView
+
+    prob, x0 = toy(), toy_x0()
+    res = physgrad.optimize(prob, x0, "gd", steps=3)
+    assert res.step_size == default_learning_rate("gd", SingleView(prob, x0.shape), x0.reshape(1, -1))
+    J = torch.func.jacrev(prob.forward)(x0)
+    assert res.step_size == pytest.approx(1 / float(torch.linalg.matrix_norm(J, 2)) ** 2, rel=1e-6)
 
 
 def test_unknown_method():
