@@ -6,12 +6,17 @@ numerically by solving ``P(x) = y`` locally with damped Gauss–Newton
 (Levenberg–Marquardt) iterations started at ``x_0``:
 
 .. math:: x_{j+1} = x_j + d_j,\qquad
-          d_j = \arg\min_d \lVert J_j d - (y - P(x_j)) \rVert^2 + \lambda_j \lVert D_j d \rVert^2 ,
+          d_j = \arg\min_d \lVert J_j d - (y - P(x_j)) \rVert^2 + \lambda_j \lVert D_j d \rVert^2 .
 
-with Marquardt's ``D_j^2 = diag(J_j^T J_j)`` for the dense solver (``D = I`` for the matrix-free
-one). A trial step is accepted only if it lowers ``||P(x) − y||``; otherwise ``λ`` grows by 10
-and the step is retried. After an accepted step ``λ`` shrinks by 3 (never below ``damping``),
-so near the solution the iteration is Newton's method and converges quadratically.
+Here ``D_j = I``: of all pre-images the iteration moves toward the one closest to ``x_0`` in
+the Euclidean norm (with ``λ = 0`` the step is ``J^+ (y − P(x_j))``, the minimum-norm one). The
+dense solver is the library's one Levenberg–Marquardt, :func:`physgrad.lm.lm_step` (the same as
+``ig`` with ``damping="auto"``, there with Moré's scaling): ``λ_j`` is placed by a trust region
+as in MINPACK, never below ``damping``, and only steps that lower ``||P(x) − y||`` are taken.
+Near the solution ``λ_j`` goes to ``damping``, so the iteration is Newton's method and converges
+quadratically. The matrix-free solvers (``lsqr``/``cg``, no SVD to place ``λ`` on a radius)
+adapt ``λ`` directly: a trial step that does not lower the residual multiplies it by 10 and is
+retried, an accepted one divides it by 3 (never below ``damping``).
 
 Because the iteration starts at ``x_0`` and takes small (damped) steps, it picks the
 pre-image on ``x_0``'s side, which is what "local inverse" means.
@@ -34,7 +39,7 @@ from typing import Callable
 import torch
 
 from .errors import InverseSimulatorError
-from .linalg import damped, sanitize
+from .lm import LMState, lm_step
 from .problem import Problem
 from .views import BatchView, SingleView
 
@@ -49,14 +54,17 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
                       jacobian_mode: str = "auto") -> Callable[[Tensor, Tensor], Tensor]:
     """Build ``inverse(y, x0) -> x`` solving ``forward(x) = y`` near ``x0`` (see module docstring).
 
-    Cost per iteration: one forward call plus either one dense Jacobian or one Krylov solve.
+    Cost per iteration: one dense Jacobian and its SVD plus one forward call per trial step, or
+    one Krylov solve and one forward call.
 
     Parameters
     ----------
     forward
         The differentiable simulator ``P``.
     iters
-        Maximum number of accepted-or-rejected Gauss–Newton iterations.
+        Maximum number of iterations. Dense: Levenberg–Marquardt steps, each one accepted step
+        after the trials its trust region rejects (or a stall, which ends the solve); matrix-free:
+        trial steps, accepted or rejected.
     damping
         The smallest Levenberg–Marquardt ``λ`` (and its starting value).
     tol
@@ -102,25 +110,26 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
         lam = torch.full((B,), float(damping), dtype=f64, device=x.device)
         it = torch.zeros(B, dtype=torch.long, device=x.device)
         broken = torch.zeros(B, dtype=torch.bool, device=x.device)
+        state = LMState(lam=float(damping), lam_min=float(damping), scaling="identity")
         while True:
             act = (rn > target) & (it < iters) & ~broken
             if not bool(act.any()):
                 break
             it = it + act.long()
-            if solver == "dense":
-                J = view.jacobian(x)
-                ok = torch.isfinite(J).flatten(1).all(-1)
-                J = sanitize(J, ok)
-                # Marquardt-scaled damping; λ = 0 is the pseudo-inverse
-                d, _ = damped(J, -r, lam, (J * J).sum(-2))
-            else:
-                from . import matfree
+            if solver == "dense":  # the one LM of physgrad: one accepted step per sample, or a stall
+                step = lm_step(view, x, 1.0, act if batched else None, state, r)
+                x, r = x + step.dx, step.r
+                rn = torch.linalg.vector_norm(r, dim=-1).to(f64)
+                ok = torch.ones_like(act) if step.ok is None else step.ok | ~act
+                broken = broken | (act & (torch.as_tensor(step.stalled, device=x.device) | ~ok))
+                lam = torch.as_tensor(state.lam, dtype=f64, device=x.device).expand(B)
+                continue
+            from . import matfree
 
-                opts = {"tol": 1e-12, **solver_options}
-                d, _ = matfree.solve_ls(prob, x.reshape(x0.shape), -r.reshape(y.shape), damping=float(lam),
-                                        method=solver, **opts)
-                d, ok = d.reshape(B, -1), torch.ones_like(act)
-            d = torch.where(act[:, None], d, torch.zeros_like(d))
+            opts = {"tol": 1e-12, **solver_options}
+            d, _ = matfree.solve_ls(prob, x.reshape(x0.shape), -r.reshape(y.shape), damping=float(lam),
+                                    method=solver, **opts)
+            d = torch.where(act[:, None], d.reshape(B, -1), torch.zeros_like(x))
             rt = view.residual(x + d)
             rtn = torch.linalg.vector_norm(rt, dim=-1).to(f64)
             acc = act & torch.isfinite(rtn) & (rtn < rn)
@@ -129,7 +138,7 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
             lam = torch.where(acc, torch.clamp(lam / 3.0, min=float(damping)), lam)
             rej = act & ~acc
             lam = torch.where(rej, torch.clamp(lam, min=1e-12) * 10.0, lam)
-            broken = broken | (rej & (lam > 1e30)) | (act & ~ok)
+            broken = broken | (rej & (lam > 1e30))
         conv = rn <= target
         rel = rn / torch.clamp(target / tol, min=1e-300)
         if batched:

@@ -16,7 +16,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "physgrad"
 LAYERS = {
     "errors": 1, "linesearch": 1, "machine": 1, "external": 1,
     "linalg": 2, "problem": 2,
-    "views": 3, "nn": 3, "matfree": 3,
+    "views": 3, "nn": 3, "matfree": 3, "lm": 3,
     "updates": 4, "inverse": 4,
     "batched": 5, "problems": 5, "bounds": 5, "theory": 5,
     "optimize": 6, "experiments": 6,
