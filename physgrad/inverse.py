@@ -12,7 +12,8 @@ Here ``D_j = I``: of all pre-images the iteration moves toward the one closest t
 the Euclidean norm (with ``λ = 0`` the step is ``J^+ (y − P(x_j))``, the minimum-norm one). The
 dense solver is the library's one Levenberg–Marquardt, :func:`physgrad.lm.lm_step` (the same as
 ``ig`` with ``damping="auto"``, there with Moré's scaling): ``λ_j`` is placed by a trust region
-as in MINPACK, never below ``damping``, and only steps that lower ``||P(x) − y||`` are taken.
+as in MINPACK (but the first trial is the full Gauss–Newton step), never below ``damping``, and
+only steps that lower ``||P(x) − y||`` are taken.
 Near the solution ``λ_j`` goes to ``damping``, so the iteration is Newton's method and converges
 quadratically. The matrix-free solvers (``lsqr``/``cg``, no SVD to place ``λ`` on a radius)
 adapt ``λ`` directly: a trial step that does not lower the residual multiplies it by 10 and is
@@ -34,6 +35,7 @@ sample.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -110,7 +112,9 @@ def numerical_inverse(forward: Callable[[Tensor], Tensor], iters: int = 20, damp
         lam = torch.full((B,), float(damping), dtype=f64, device=x.device)
         it = torch.zeros(B, dtype=torch.long, device=x.device)
         broken = torch.zeros(B, dtype=torch.bool, device=x.device)
-        state = LMState(lam=float(damping), lam_min=float(damping), scaling="identity")
+        # no radius yet: the first trial is the Gauss-Newton step (MINPACK's factor * ||x0|| would make
+        # it tiny for a start near 0), and the trust region takes over from the first step's length
+        state = LMState(lam=float(damping), lam_min=float(damping), scaling="identity", radius=math.inf)
         while True:
             act = (rn > target) & (it < iters) & ~broken
             if not bool(act.any()):

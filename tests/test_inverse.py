@@ -63,3 +63,28 @@ def test_bad_arguments():
         numerical_inverse(toy_forward, solver="qr")
     with pytest.raises(ValueError):
         numerical_inverse(toy_forward, on_fail="ignore")
+
+
+def test_one_levenberg_marquardt_serves_ig_auto_and_the_numerical_inverse():
+    import physgrad.inverse
+    import physgrad.lm
+    import physgrad.updates
+
+    assert physgrad.inverse.lm_step is physgrad.updates.lm_step is physgrad.lm.lm_step
+    assert physgrad.updates.LMState is physgrad.lm.LMState
+
+
+def test_numerical_inverse_from_a_start_near_zero_takes_the_gauss_newton_step_first():
+    """A trust region started at MINPACK's factor * ||x0|| is ~1e-10 here, and 10 iterations of
+    doubling it never reach the solution; the inverse starts from the Gauss-Newton step instead."""
+    D = torch.float64
+    A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 1.5]], dtype=D)
+
+    def P(x):
+        return A @ x + 0.1 * x ** 3
+
+    x_true = torch.tensor([0.7, -0.4, 1.1], dtype=D)
+    inv = numerical_inverse(P, iters=10, tol=1e-12)
+    x = inv(P(x_true), torch.full((3,), 1e-12, dtype=D))
+    torch.testing.assert_close(x, x_true, rtol=1e-10, atol=1e-12)
+    assert inv.last_info["converged"] and inv.last_info["iterations"] <= 6
