@@ -10,10 +10,11 @@ step for ``κ = 1/2`` and a gradient-like step ``J^T r`` for ``κ = -1``. Singul
 ``truncation · σ_max`` are **dropped** (their directions get no update), never clamped.
 
 Least-squares problems are solved through the SVD, so rank deficiency is an ordinary, handled
-case. The pseudo-inverse and damped solves have one fast path: a block whose (Jacobi-scaled,
-damped) normal equations have a Cholesky factor with pivots far from zero (ratio above
-``eps^(2/3)``) is solved through that factor with one step of iterative refinement, which costs a
-fraction of an SVD; every other block (rank deficient, badly conditioned) takes the SVD. The
+case. The pseudo-inverse and damped solves have one fast path: a block that is safely far from
+singular is solved by LU (a square, undamped system; pivots above ``eps^(1/3)`` of the largest)
+or through the Cholesky factor of its (Jacobi-scaled, damped) normal equations (pivots above
+``eps^(2/3)``, i.e. the same bar on ``cond(J)``) with one step of iterative refinement, which
+costs a fraction of an SVD; every other block (rank deficient, badly conditioned) takes the SVD. The
 same rule picks Newton's direction (:func:`descent_direction`). Damped solves use Marquardt's
 diagonal scaling ``λ · diag(J^T J)`` by default, which keeps the step invariant under a
 rescaling of P.
@@ -48,6 +49,8 @@ def default_rcond(A: Tensor) -> float:
 def sanitize(M: Tensor, ok: Tensor) -> Tensor:
     """Zero the blocks of the samples that are not ``ok`` (frozen or non-finite), so that one bad
     block cannot make a batched LAPACK call fail for every sample."""
+    if bool(ok.all()):
+        return M
     return torch.where(ok.reshape(-1, *([1] * (M.ndim - 1))), M, torch.zeros((), dtype=M.dtype, device=M.device))
 
 
@@ -153,15 +156,31 @@ def _normal(J: Tensor, r: Tensor, lam=None, scale: Optional[Tensor] = None):
     return dx, ok & torch.isfinite(dx).all(-1)
 
 
+def _lu(J: Tensor, r: Tensor):
+    """Fast solve of a square ``J dx = r`` by LU with partial pivoting (backward stable), where the
+    pivots stay above ``eps^(1/3)`` of the largest (``cond(J)`` far below where the pseudo-inverse
+    would drop anything, the same bar as :func:`_normal`'s). Returns ``(dx, ok)``."""
+    LU, piv, info = torch.linalg.lu_factor_ex(J)
+    dg = torch.diagonal(LU, dim1=-2, dim2=-1).abs()
+    hi = dg.amax(-1)
+    ok = (info == 0) & torch.isfinite(dg).all(-1) & (hi > 0) & (dg.amin(-1) > torch.finfo(J.dtype).eps ** (1 / 3) * hi)
+    dx = torch.linalg.lu_solve(LU, piv, r.unsqueeze(-1)).squeeze(-1)
+    return dx, ok & torch.isfinite(dx).all(-1)
+
+
 def _fast_or_spectral(J: Tensor, r: Tensor, lam=None, scale: Optional[Tensor] = None):
-    """:func:`_normal` where it is safe, the spectral solve for the remaining blocks only."""
+    """:func:`_lu` (square, undamped) or :func:`_normal` where it is safe, the spectral solve for the
+    remaining blocks only."""
     if J.ndim < 3 or J.shape[-1] == 0 or J.shape[-2] == 0:
         return None
     lead = J.shape[:-2]
     Jf, rf = J.reshape(-1, *J.shape[-2:]), r.reshape(-1, r.shape[-1])
     lf = None if lam is None else lam.reshape(-1)
     sf = None if scale is None else scale.reshape(-1, scale.shape[-1])
-    dx, ok = _normal(Jf, rf, lf, sf)
+    if lf is None and Jf.shape[-1] == Jf.shape[-2]:
+        dx, ok = _lu(Jf, rf)
+    else:
+        dx, ok = _normal(Jf, rf, lf, sf)
     singular = torch.zeros(ok.shape, dtype=torch.bool, device=ok.device)
     if not bool(ok.all()):
         bad = (~ok).nonzero().squeeze(-1)
@@ -180,9 +199,9 @@ def spectral(J: Tensor, r: Tensor, kappa: float = 1.0, truncation: Optional[floa
     singular value dropped, ``dx = 0``).
 
     For the pseudo-inverse (``κ = 1``, default truncation) of a batch (``J.ndim >= 3``) the
-    blocks that are safely far from singular are solved through the Cholesky factor of their
-    normal equations (with one refinement step), which is many times cheaper than an SVD per
-    block; the others take the SVD. ``fast=False`` always takes the SVD."""
+    blocks that are safely far from singular are solved by LU (square ``J``) or through the
+    Cholesky factor of their normal equations (with one refinement step), which is many times
+    cheaper than an SVD per block; the others take the SVD. ``fast=False`` always takes the SVD."""
     if fast and kappa == 1.0 and truncation is None:
         out = _fast_or_spectral(J, r)
         if out is not None:
