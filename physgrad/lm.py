@@ -3,7 +3,7 @@ r"""One Levenberg–Marquardt, over a leading batch axis: Moré's trust-region f
 Two parts of physgrad solve nonlinear least squares with damped Gauss–Newton steps, and both
 call :func:`lm_step` here:
 
-* :func:`physgrad.ig` with ``damping="auto"`` (one step of the optimizer per call), and
+* :func:`physgrad.updates.ig` with ``damping="auto"`` (one step of the optimizer per call), and
 * :func:`physgrad.inverse.numerical_inverse` (the dense solver): a local inverse simulator that
   iterates :func:`lm_step` until ``P(x) = y`` to a tolerance.
 
@@ -31,25 +31,28 @@ Tensor = torch.Tensor
 
 @dataclass
 class LMState:
-    r"""State of the adaptive Levenberg–Marquardt mode of :func:`ig` (``damping="auto"``): Moré's
-    trust-region form, as in MINPACK's ``lmder``/``lmpar`` (Moré 1978).
+    r"""State of :func:`lm_step`, the Levenberg–Marquardt of :func:`~physgrad.updates.ig` with
+    ``damping="auto"`` and of the numerical inverse: Moré's trust-region form, as in MINPACK's
+    ``lmder``/``lmpar`` (Moré 1978).
 
     ``scale`` is ``D²``, the running maximum over the steps of ``diag(J^T J)`` (zeros read as 1).
     ``radius`` is the trust radius ``Δ`` in the scaled norm ``||D Δx||``; ``None`` starts it at
-    ``factor · ||D x_0||`` (``factor`` itself when that is 0), as MINPACK does. Each trial step solves
-    ``min ||J Δx + η r||² + λ ||D Δx||²`` with ``λ = 0`` (the Gauss–Newton step) when that step
-    fits in ``1.1 Δ``, and otherwise the ``λ > 0`` for which ``||D Δx||`` is within 10 % of ``Δ``.
-    With the gain ratio ρ = actual / predicted decrease, ρ <= 0.25 shrinks ``Δ`` (by a factor
-    in [0.1, 0.5]) and ρ >= 0.75, or ``λ = 0``, sets ``Δ = 2 ||D Δx||``; a step is accepted when
-    ρ >= 10⁻⁴. ``lam`` is the current λ (relative to the scale) after that update, the start of
-    the next search.
+    ``factor · ||D x_0||`` (``factor`` itself when that is 0), as MINPACK does. Each trial step
+    solves ``min ||J Δx + η r||² + λ ||D Δx||²`` with ``λ = 0`` (the Gauss–Newton step) when
+    that step fits in ``1.1 Δ``, and otherwise the ``λ > 0`` for which ``||D Δx||`` is within
+    10 % of ``Δ``. With the gain ratio ρ = actual / predicted decrease, ρ <= 0.25 shrinks ``Δ``
+    (by a factor in [0.1, 0.5]) and ρ >= 0.75, or ``λ = 0``, sets ``Δ = 2 ||D Δx||``; a step is
+    accepted when ρ >= 10⁻⁴. ``lam`` is the current λ (relative to the scale) after that
+    update, the start of the next search.
+
     ``scaling="identity"`` uses ``D = I`` instead (Euclidean trust region and damping; the
     Gauss–Newton step is then the minimum-norm one, which a local inverse needs on an
-    underdetermined problem). ``lam_min`` is a floor for λ (0: MINPACK; :func:`~physgrad.inverse.numerical_inverse` passes
-    its ``damping``). ``max_tries`` bounds the trial steps per call; ``rejected`` counts the rejected ones, and
-    ``stalled`` is set when no trial step lowers the loss before ``Δ`` falls to round-off
-    (``Δ <= eps · ||D x||``) or the tries run out. For one problem ``lam``, ``radius``,
-    ``stalled`` and ``rejected`` are numbers; in a batch, ``(B,)`` tensors."""
+    underdetermined problem). ``lam_min`` is a floor for λ (0, as MINPACK;
+    :func:`~physgrad.inverse.numerical_inverse` passes its ``damping``). ``max_tries`` bounds the
+    trial steps per call; ``rejected`` counts the rejected ones, and ``stalled`` is set when no
+    trial step lowers the loss before ``Δ`` falls to round-off (``Δ <= eps · ||D x||``) or the
+    tries run out. For one problem ``lam``, ``radius``, ``stalled`` and ``rejected`` are
+    numbers; in a batch, ``(B,)`` tensors."""
 
     lam: Union[float, Tensor] = 0.0
     radius: Union[None, float, Tensor] = None
