@@ -543,9 +543,12 @@ def newton(prob: Problem, x: Tensor, step_size: float, fallback: str = "raise",
     ``η`` until the Armijo condition ``L(x + t p) <= L(x) + 10⁻⁴ t g·p`` holds, and the
     direction is always a descent direction: where the Hessian is indefinite or singular its
     eigenvalues are replaced by ``max(|λ_i|, √eps · max|λ|)`` (Nocedal & Wright §3.4), and a
-    zero Hessian gives the gradient direction. Each such step is counted as
-    ``counts["hessian_modified"]`` and reported in :attr:`~physgrad.optimize.Result.message`.
-    ``"wolfe"`` searches a strong-Wolfe step instead.
+    zero Hessian gives the gradient direction. The modification is made on the Jacobi-scaled
+    Hessian ``D^{-1} H D^{-1}``, ``D = diag(|H_ii|)^{1/2}``, so it does not depend on the units
+    of x (:func:`physgrad.linalg.descent_direction`), and the first trial of a modified step is
+    bounded: since ``L >= 0``, it is shortened until its model decrease ``−g·p/2`` is at most ``L``.
+    Each such step is counted as ``counts["hessian_modified"]`` and reported in
+    :attr:`~physgrad.optimize.Result.message`. ``"wolfe"`` searches a strong-Wolfe step instead.
 
     ``line_search=None``: the pure textbook step ``η`` with the unmodified Hessian. A singular
     Hessian then raises :class:`~physgrad.errors.SingularMatrixError` unless ``fallback`` is
