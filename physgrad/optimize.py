@@ -23,8 +23,9 @@ problem as a batch of one (:class:`physgrad.views.SingleView`); the loop knows n
 
 from __future__ import annotations
 
-import math
+import array
 import functools
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -254,10 +255,11 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         method, steps, step_size, dict(tol=tol, atol=atol, gtol=gtol, xtol=xtol), time_budget, on_nonfinite,
         options, state)
     tol, atol, gtol, xtol = tols["tol"], tols["atol"], tols["gtol"], tols["xtol"]
-    if torch.is_tensor(x0) and x0.device.type == "meta":
+    if torch.is_tensor(x0) and x0.is_meta:
         raise TypeError("x0 is on the 'meta' device, which holds no data: optimization needs real values. "
                         "Create x0 on 'cpu' or 'cuda'.")
-    x = problem.check_x(x0, "x0").detach().clone()
+    x = problem.check_x(x0, "x0")
+    x = (x.detach() if x.requires_grad else x).clone()
     if callback is not None:  # a copy: the callback must not be able to change the iterate
         callback = functools.partial(_call_with_copy, callback)
     if state is None:
@@ -268,17 +270,20 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     guard = spec.growth_guard and state is None
 
     with count_calls() as counts:
-        problem.check_entrance(x, method, options, check_derivatives)  # a broken forward, before step 1
+        if x.numel():  # a broken forward, before step 1 (x is already checked: finite, floating point)
+            problem._entrance(x, method, options, check_derivatives)
         y = problem.simulate(x)  # also checks the shape of P(x) against y*
         U.check_dtypes(spec, x, y)
-        L = problem.loss_of_output(y).detach()
+        L = problem.loss_of_output(y)
+        if L.requires_grad:  # (a forward with trainable parameters of its own)
+            L = L.detach()
         L0 = float(L)
         if not math.isfinite(L0):
             raise NonFiniteError(f"the loss at x0 is {L0}: the simulator output P(x0) is not finite")
         if step_size is None:  # gd / adam without a step size: the documented heuristic at x0
             step_size = U.default_learning_rate(method, view, x.reshape(1, -1))
-        xs, losses, times = [x.clone()], [L], [0.0]
-        run = _Run(xs, losses, times, method, step_size, kw, state_kw, counts, keep_xs, problem)
+        run = _Run(x, L, method, step_size, kw, state_kw, counts, keep_xs, problem)
+        xs, losses, times = run.xs, run.losses, run.times
         status, message = E.STEP_LIMIT, None
         if atol is not None and L0 <= atol:
             status, message, steps = E.CONVERGED, f"x0 already satisfies L <= atol = {atol:g}", 0
@@ -287,10 +292,10 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         bar = _progress_bar(progress, steps, method)
         t_start = time.perf_counter()
         Lf, k, phase, x_ref = L0, -1, "step", float(torch.linalg.vector_norm(x)) if guard else 0.0
+        xb = x.reshape(1, -1)  # the iterate as the kernels see it, (1, n)
         try:
             for k in range(steps):
                 phase = "step"
-                xb = x.reshape(1, -1)
                 if y is not None:
                     view.remember(xb, y, x)  # pg starts from P(x_k) of the last loss evaluation
                 try:
@@ -300,22 +305,26 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                     e.args = (f"step {k + 1} of method {method!r}: {e.args[0] if e.args else e}",) + e.args[1:]
                     raise
                 if step.x_next is not None:  # x_{k+1} straight from the inverse: Δx only when needed
-                    x_new, dx = step.x_next.reshape(x.shape), None
-                else:
-                    dx = step.dx.reshape(x.shape)
-                    x_new = x + dx
+                    xb_new, dx = step.x_next, None
+                    x_new = view.natural(xb_new)
+                else:  # (Δx stays (1, n): the checks below do not need the problem's shape)
+                    dx = step.dx
+                    xb_new = xb + dx
+                    x_new = xb_new.reshape(x.shape)
                 if gtol is None:
                     y_new = problem.simulate(x_new)
-                    L_new = problem.loss_of_output(y_new).detach()
+                    L_new = problem.loss_of_output(y_new)
+                    if L_new.requires_grad:
+                        L_new = L_new.detach()
                 else:
                     L_new, g_new = problem.value_and_grad(x_new)
                     y_new = None
                 # the one host sync of a step: the loss, with a cheap finiteness probe of the update
-                # (0 * sum(v) is 0 unless v holds a NaN/Inf, which makes it NaN)
+                # (L + 0 * sum(v), one fused add, is L unless v holds a NaN/Inf, which makes it NaN)
                 probe = (x_new if dx is None else dx).sum()
                 if probe.is_complex():
                     probe = probe.real + probe.imag
-                L_prev, Lf = Lf, float(L_new + 0 * probe.to(L_new.dtype))
+                L_prev, Lf = Lf, float(L_new.add(probe, alpha=0))
                 if not math.isfinite(Lf) and _finite_after_all(L_new, x_new):
                     Lf = float(L_new)  # the probe's sum overflowed on large but finite values
                 if not math.isfinite(Lf):
@@ -324,8 +333,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                         raise NonFiniteError(msg)
                     status, message, Lf = E.NONFINITE, msg, L_prev
                     break
-                x_prev, x, L, y = x, x_new, L_new, y_new
-                if keep_xs:
+                x_prev, x, xb, L, y = x, x_new, xb_new, L_new, y_new
+                if xs is not None:
                     xs.append(x.clone())
                 losses.append(L)
                 times.append(time.perf_counter() - t_start)
@@ -400,7 +409,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
     if nmod:
         message += (f"; the Hessian was not positive definite at {nmod} step(s) and was modified to give a "
                     "descent direction")
-    return run.result(x, message, status)
+    return run.result(x, message, status, Lf)
 
 
 def _call_with_copy(callback, k, x, L):
@@ -422,12 +431,21 @@ def _nonfinite_message(k, spec, step_size, dx, L_new, from_inverse):
 
 
 class _Run:
-    """The record of one run, from which the (partial) Result is built."""
+    """The record of one run, from which the (partial) Result is built. ``keep_xs=False`` keeps
+    x0 in the first row of a two-row buffer whose second row receives the last iterate at the
+    end (one copy each, instead of a clone and a stack)."""
 
-    def __init__(self, xs, losses, times, method, step_size, options, state_kw, counts, keep_xs, problem):
-        self.xs, self.losses, self.times = xs, losses, times
+    def __init__(self, x0, L0, method, step_size, options, state_kw, counts, keep_xs, problem):
+        if keep_xs:
+            self.xs = [x0.clone()]
+            self.x0 = self.xs[0]
+        else:
+            self.xs, self._pair = None, x0.new_empty((2,) + tuple(x0.shape))
+            self.x0, self._last = self._pair.unbind()
+            self.x0.copy_(x0)
+        self.losses, self.times = [L0], [0.0]
         self.method, self.step_size, self.options, self.state_kw = method, step_size, options, state_kw
-        self.counts, self.keep_xs, self.problem = counts, keep_xs, problem
+        self.counts, self.problem = counts, problem
 
     def stall(self, k, x, Lf, L0, why):
         """Status and message of a run that cannot decrease L further: converged to working
@@ -435,7 +453,7 @@ class _Run:
         eps = torch.finfo(x.real.dtype if x.is_complex() else x.dtype).eps
         with count_calls(isolated=True):
             g = float(torch.linalg.vector_norm(self.problem.value_and_grad(x)[1]))
-            g0 = float(torch.linalg.vector_norm(self.problem.value_and_grad(self.xs[0])[1]))
+            g0 = float(torch.linalg.vector_norm(self.problem.value_and_grad(self.x0)[1]))
         if Lf == 0:
             return E.CONVERGED, f"reached L = 0 after {k + 1} steps"
         if Lf <= eps * L0 or (g0 > 0 and g <= math.sqrt(eps) * g0):
@@ -444,15 +462,21 @@ class _Run:
         return E.STALLED, (f"stalled after {k + 1} steps: {why}; L = {Lf:.4g}, ||grad L|| = {g:.3g} (a saddle, a "
                            "maximum, a rank-deficient direction, or an inverse that returns x unchanged)")
 
-    def result(self, x, message, status) -> Result:
-        xs = list(self.xs)
-        if not self.keep_xs and len(self.losses) > 1:
-            xs.append(x)  # (torch.stack below copies)
+    def result(self, x, message, status, fun: Optional[float] = None) -> Result:
+        """``fun``: the final loss as a float when the caller has it (it is ``float(losses[-1])``)."""
+        if self.xs is not None:
+            xs = torch.stack(self.xs)
+        elif len(self.losses) > 1:
+            xs = self._pair
+            self._last.copy_(x)
+        else:
+            xs = self._pair[:1].clone()
         losses = torch.stack(self.losses)
+        # (times: a copy into an array of doubles, three times cheaper than torch.tensor of a list)
+        times = torch.frombuffer(array.array("d", self.times), dtype=torch.float64)
         return Result(
-            x=x, xs=torch.stack(xs), losses=losses,
-            times=torch.tensor(self.times, dtype=torch.float64), method=self.method,
+            x=x, xs=xs, losses=losses, times=times, method=self.method,
             step_size=self.step_size, options=dict(self.options, **self.state_kw), nit=len(self.losses) - 1,
             counts=dict(self.counts), message=message, converged=status == E.CONVERGED, status=status,
-            success=status == E.CONVERGED, fun=float(losses[-1]), _problem=self.problem,
+            success=status == E.CONVERGED, fun=float(self.losses[-1]) if fun is None else fun, _problem=self.problem,
         )

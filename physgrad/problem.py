@@ -52,8 +52,7 @@ _RUN_COUNTERS: contextvars.ContextVar = contextvars.ContextVar("physgrad_run_cou
 _COUNTS_LOCK = threading.Lock()
 
 
-@contextlib.contextmanager
-def count_calls(isolated: bool = False):
+class count_calls:
     """Count the calls of every :class:`Problem` made inside the ``with`` block, in this thread
     (or asyncio context) only::
 
@@ -62,13 +61,21 @@ def count_calls(isolated: bool = False):
         c  # {'jacobian': 1}
 
     ``isolated=True`` hides the calls from enclosing counters (used to label the work inside an
-    inverse simulator separately)."""
-    d: dict = {}
-    token = _RUN_COUNTERS.set((d,) if isolated else _RUN_COUNTERS.get() + (d,))
-    try:
-        yield d
-    finally:
-        _RUN_COUNTERS.reset(token)
+    inverse simulator separately). (A small class rather than a generator: it is entered once
+    per run and once per inverse call, so its cost is part of every PG step.)"""
+
+    __slots__ = ("isolated", "_token")
+
+    def __init__(self, isolated: bool = False):
+        self.isolated, self._token = isolated, None
+
+    def __enter__(self) -> dict:
+        d: dict = {}
+        self._token = _RUN_COUNTERS.set((d,) if self.isolated else _RUN_COUNTERS.get() + (d,))
+        return d
+
+    def __exit__(self, *exc) -> None:
+        _RUN_COUNTERS.reset(self._token)
 
 
 def check_finite(t: Tensor, what: str) -> Tensor:
@@ -252,6 +259,7 @@ class Problem:
     batched: bool = False
     _auto_modes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _checked: set = field(default_factory=set, init=False, repr=False, compare=False)
+    _checked_forward: Optional[Callable] = field(default=None, init=False, repr=False, compare=False)
     _stash: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     def __init__(self, forward: Callable[[Tensor], Tensor], target: Tensor,
@@ -268,7 +276,7 @@ class Problem:
             forward = Simulator(forward, vjp, jvp, jacobian, name=name)
         self.forward, self.target, self.inverse, self.name = forward, target, inverse, name
         self.jacobian_mode, self.counts, self.batched = jacobian_mode, {} if counts is None else counts, batched
-        self._auto_modes, self._checked, self._stash = {}, set(), None
+        self._auto_modes, self._checked, self._checked_forward, self._stash = {}, set(), None, None
         self.__post_init__()
 
     @property
@@ -314,13 +322,16 @@ class Problem:
     def target_like(self, y: Tensor) -> Tensor:
         """The target on the dtype/device of ``y``. A complex target for a real ``y`` raises
         ``TypeError`` (casting would silently drop its imaginary part)."""
-        if self.target.is_complex() and not y.is_complex():
+        t = self.target
+        if t.dtype == y.dtype and t.device == y.device:  # the common case, at every loss evaluation
+            return t
+        if t.is_complex() and not y.is_complex():
             raise TypeError(
-                f"the target y* is complex ({self.target.dtype}) but P(x) is real ({y.dtype}): the imaginary part "
+                f"the target y* is complex ({t.dtype}) but P(x) is real ({y.dtype}): the imaginary part "
                 "of y* would be dropped. Fit the real and imaginary parts as a real target, "
                 "torch.view_as_real(y_star), with a forward that returns torch.view_as_real(P(x)); or pass "
                 "y_star.real if the imaginary part is meant to be zero.")
-        return self.target.to(dtype=y.dtype, device=y.device)
+        return t.to(dtype=y.dtype, device=y.device)
 
     def check_x(self, x: Tensor, what: str = "x") -> Tensor:
         """Check that ``x`` is a finite floating-point tensor and return it."""
@@ -333,7 +344,7 @@ class Problem:
     def _check_y(self, y: Tensor, what: str = "P(x)") -> Tensor:
         if not torch.is_tensor(y):
             raise TypeError(f"{what} must return a torch.Tensor, got {type(y).__name__}")
-        if tuple(y.shape) != tuple(self.target.shape):
+        if y.shape != self.target.shape:
             raise ShapeError(
                 f"{what} has shape {tuple(y.shape)} but the target y* has shape "
                 f"{tuple(self.target.shape)}; the simulator output and the target must match."
@@ -519,7 +530,8 @@ class Problem:
     def check_entrance(self, x0: Tensor, method: Optional[str] = None, options: Optional[dict] = None,
                        check_derivatives: bool = False) -> None:
         r"""The cheap checks :func:`physgrad.optimize` makes before step 1 (once per shape, dtype
-        and device of x; ``check_derivatives=True`` always runs).
+        and device of x, and again after ``forward`` is replaced; ``check_derivatives=True``
+        always runs).
 
         * **A broken forward.** One trial ``P(x0)`` is recorded by autograd while a
           :class:`torch.overrides.TorchFunctionMode` notes every call that turns a tensor which
@@ -547,10 +559,18 @@ class Problem:
         if not (torch.is_tensor(x0) and (x0.is_floating_point() or x0.is_complex()) and x0.device.type != "meta"
                 and x0.numel() > 0 and bool(torch.isfinite(x0).all())):
             return  # optimize's own checks of x0 speak first
+        self._entrance(x0, method, options, check_derivatives)
+
+    def _entrance(self, x0: Tensor, method: Optional[str], options: Optional[dict], check_derivatives: bool) -> None:
+        """:meth:`check_entrance` for an ``x0`` already known to be a finite, non-empty
+        floating-point tensor with data (``optimize`` has just checked it, so the scan of x0 is
+        not repeated on every call)."""
         sim = self.simulator
         if sim is not None and method is not None:
             _check_user_derivatives(sim, method, options or {})
-        key = (tuple(x0.shape), x0.dtype, x0.device, method == "pg")
+        if self._checked_forward is not self.forward:  # a new forward: every earlier check is void
+            self._checked, self._checked_forward = set(), self.forward
+        key = (x0.shape, x0.dtype, x0.device, method == "pg")
         if key in self._checked and not check_derivatives:
             return
         if sim is not None or method == "pg":

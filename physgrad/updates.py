@@ -34,6 +34,7 @@ kernel, options, state, and whether η is a learning rate, which dtypes it suppo
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Union
 
@@ -679,8 +680,6 @@ _HALF = (torch.float16, torch.bfloat16)
 
 def check_tolerance(name, v):
     """``None`` or a finite number >= 0 (``bool`` and ``inf`` are refused)."""
-    import numbers
-
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= float(v) < math.inf):
@@ -691,8 +690,6 @@ def check_tolerance(name, v):
 def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, options: dict, state):
     """The checks of a run's arguments, shared by one problem and a batch: returns
     ``(method spec, η, tolerances, kernel options, state options)``; raises before any work."""
-    import numbers
-
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     spec = METHODS[method]
@@ -707,8 +704,8 @@ def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, o
         if spec.learning_rate:  # the caller picks it at x0 with default_learning_rate
             return _after_step_size(spec, None, tols, options, state)
         step_size = 1.0
-    if isinstance(step_size, (str, bytes, bool)) or not (
-            isinstance(step_size, numbers.Real) or (torch.is_tensor(step_size) and step_size.numel() == 1)):
+    if type(step_size) is not float and (isinstance(step_size, (str, bytes, bool)) or not (
+            isinstance(step_size, numbers.Real) or (torch.is_tensor(step_size) and step_size.numel() == 1))):
         raise TypeError(f"step_size must be a number, got {type(step_size).__name__} {step_size!r}")
     step_size = float(step_size)
     if not (step_size > 0 and step_size < float("inf")):
@@ -718,12 +715,14 @@ def check_run(method, steps, step_size, tols: dict, time_budget, on_nonfinite, o
 
 def _after_step_size(spec, step_size, tols, options, state):
     method = spec.name
-    unknown = sorted(set(options) - set(spec.options) - set(spec.state_options))
-    if unknown:
-        known = sorted(spec.options + spec.state_options)
-        raise TypeError(f"{method}() got unexpected option(s) {unknown}; known: {known or 'none'}")
-    kw = {k: v for k, v in options.items() if k in spec.options}
-    state_kw = {k: v for k, v in options.items() if k in spec.state_options}
+    kw, state_kw = {}, {}
+    if options:
+        unknown = sorted(set(options) - set(spec.options) - set(spec.state_options))
+        if unknown:
+            known = sorted(spec.options + spec.state_options)
+            raise TypeError(f"{method}() got unexpected option(s) {unknown}; known: {known or 'none'}")
+        kw = {k: v for k, v in options.items() if k in spec.options}
+        state_kw = {k: v for k, v in options.items() if k in spec.state_options}
     spec.check(**kw)
     expected = spec.state_type(kw)
     if state is not None:

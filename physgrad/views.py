@@ -39,6 +39,7 @@ class SingleView:
         self.m = problem.target.numel()
         self.check_inverse = check_inverse
         self._cx = self._cy = self._cxn = None
+        self._inv = (None, None)  # the last inverse result: (1, n) and in the problem's shape
 
     def count(self, key: str, k: int = 1) -> None:
         self.problem._count(key, k)
@@ -47,6 +48,13 @@ class SingleView:
         """Keep ``y = P(x)`` (already computed by the caller, with ``x`` in the problem's shape if
         given) for the kernel that asks for it."""
         self._cx, self._cy, self._cxn = x, y, x_natural
+
+    def natural(self, xf: Tensor) -> Tensor:
+        """``xf`` ``(1, n)`` in the problem's shape (the inverse's own result, without a reshape,
+        when ``xf`` is the flat view of it that :meth:`inverse_point` returned)."""
+        if xf is self._inv[0]:
+            return self._inv[1]
+        return xf.reshape(self.x_shape)
 
     def output(self, x: Tensor) -> Tensor:
         """``P(x)`` in the problem's shape (the remembered one if ``x`` is the remembered point)."""
@@ -84,7 +92,8 @@ class SingleView:
         xs = self._cxn if x is self._cx and self._cxn is not None else x.reshape(self.x_shape)
         x_new = self.problem.apply_inverse(torch.lerp(y0, self.problem.target_like(y0), eta), xs,
                                            check=self.check_inverse)
-        return x_new.reshape(1, -1), None
+        self._inv = (x_new.reshape(1, -1), x_new)
+        return self._inv[0], None
 
 
 def batch_jacobian(forward: Callable[[Tensor], Tensor], x: Tensor, mode: str = "auto") -> Tensor:

@@ -166,3 +166,28 @@ def test_check_derivatives_finds_a_wrong_custom_autograd_function():
     with pytest.raises(DerivativeCheckError, match="finite difference"):
         physgrad.optimize(prob, X0 + 1, "lbfgs", steps=1, check_derivatives=True)
     physgrad.optimize(physgrad.Problem(P, Y), X0 + 1, "lbfgs", steps=1, check_derivatives=True)  # correct: passes
+
+
+def test_a_replaced_forward_is_checked_again():
+    # the entrance check runs once per shape/dtype/device of x; a new forward voids that
+    prob = physgrad.Problem(P, Y)
+    physgrad.optimize(prob, X0 + 0.5, "gd", steps=2, step_size=0.01)
+    prob.forward = lambda x: torch.tensor([float(v) for v in P(x)], dtype=x.dtype)
+    with pytest.raises(TypeError, match=r"float\(\)"):
+        physgrad.optimize(prob, X0 + 0.5, "gd", steps=2, step_size=0.01)
+    prob.forward = P  # a good forward again: the runs work
+    assert physgrad.optimize(prob, X0 + 0.5, "gd", steps=2, step_size=0.01).nit == 2
+
+
+def test_a_new_shape_or_dtype_is_checked_again():
+    def forward(x):  # cuts the graph only for float32 (a dtype-dependent code path)
+        return P(x) if x.dtype == D else P(x).detach()
+
+    prob = physgrad.Problem(forward, Y)
+    assert physgrad.optimize(prob, X0 + 0.5, "gd", steps=2, step_size=0.01).nit == 2
+    with pytest.raises(TypeError, match="detach"):
+        physgrad.optimize(prob, (X0 + 0.5).float(), "gd", steps=2, step_size=0.01)
+    stacked = physgrad.Problem(lambda x: P(x[0]) if x.shape[0] == 1 else P(x[0]).detach(), Y)
+    assert physgrad.optimize(stacked, (X0 + 0.5)[None], "gd", steps=2, step_size=0.01).nit == 2
+    with pytest.raises(TypeError, match="detach"):
+        physgrad.optimize(stacked, (X0 + 0.5).expand(2, 3).clone(), "gd", steps=2, step_size=0.01)

@@ -328,3 +328,40 @@ def test_growth_guard_takes_its_scale_from_the_first_step_when_x0_is_almost_zero
     batch = physgrad.Problem(lambda x: 2 * x, target.expand(2, 3).clone(), batched=True)
     resb = physgrad.optimize(batch, x0.expand(2, 3).clone(), "ig", steps=5, tol=1e-20)
     assert resb.success.all() and (resb.status == 0).all()
+
+
+@pytest.mark.parametrize("method", ["pg", "ig", "gd"])
+def test_keep_xs_false_keeps_x0_and_the_last_iterate(method):
+    # the two-row record of keep_xs=False holds exactly what keep_xs=True holds first and last
+    kw = dict(step_size=0.01) if method == "gd" else dict(step_size=0.5)
+    full = physgrad.optimize(toy(), toy_x0(), method, steps=6, **kw)
+    short = physgrad.optimize(toy(), toy_x0(), method, steps=6, keep_xs=False, **kw)
+    assert short.xs.shape == (2, 2) and torch.equal(short.xs, full.xs[[0, -1]])
+    assert torch.equal(short.x, full.x) and torch.equal(short.losses, full.losses)
+    assert short.times.dtype == torch.float64 and short.times.shape == (7,) and short.times[0] == 0
+    assert bool((short.times.diff() >= 0).all())
+    assert short.fun == short.losses[-1].item() == full.fun
+    # no step taken (x0 already meets atol): one row, a tensor of its own
+    none = physgrad.optimize(toy(), toy_x0(), method, steps=6, keep_xs=False, atol=1e9, **kw)
+    assert none.nit == 0 and none.xs.shape == (1, 2) and torch.equal(none.xs[0], toy_x0())
+    assert none.xs.untyped_storage().nbytes() == 2 * 8 and none.fun == none.losses[0].item()
+
+
+@pytest.mark.parametrize("keep_xs", [True, False])
+def test_an_inverse_that_writes_into_its_x0_cannot_change_the_recorded_x0(keep_xs):
+    # a careless user inverse (x0 += ...) changes the iterate it was given, but not the record
+    base = toy()
+
+    def careless(y, x0):
+        x = base.inverse(y, x0)
+        x0.zero_()
+        return x
+
+    res = physgrad.optimize(physgrad.Problem(base.forward, base.target, careless), toy_x0(), "pg", steps=3,
+                            step_size=0.5, keep_xs=keep_xs)
+    assert torch.equal(res.xs[0], toy_x0())
+
+
+def test_fun_is_the_last_recorded_loss_after_a_nonfinite_stop():
+    res = physgrad.optimize(toy(), toy_x0(), "gd", steps=50, step_size=10.0, on_nonfinite="stop", keep_xs=False)
+    assert res.status == -1 and res.fun == res.losses[-1].item() and res.xs.shape == (2, 2)
