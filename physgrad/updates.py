@@ -87,7 +87,7 @@ def _finite_rows(active, *ts):
         return None
     ok = active
     for t in ts:  # t * 0 is 0 where t is finite and NaN where it is not; its sum cannot overflow
-        ok = ok & ((t.flatten(1) * 0).sum(-1) == 0)
+        ok = ok & ((t * 0).sum(dim=tuple(range(1, t.ndim))) == 0)  # (no flatten: J may be strided)
     return ok
 
 
