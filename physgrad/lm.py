@@ -31,7 +31,7 @@ Tensor = torch.Tensor
 
 @dataclass
 class LMState:
-    r"""State of :func:`lm_step`, the Levenberg–Marquardt of :func:`~physgrad.updates.ig` with
+    r"""State of :func:`~physgrad.lm.lm_step`, the Levenberg–Marquardt of :func:`~physgrad.updates.ig` with
     ``damping="auto"`` and of the numerical inverse: Moré's trust-region form, as in MINPACK's
     ``lmder``/``lmpar`` (Moré 1978).
 
