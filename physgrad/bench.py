@@ -44,6 +44,10 @@ Fairness and statistics:
 * ``pg_call_vs_limit`` = (wall time of the whole benchmark PG run to ``1e-6``, per step, setup
   and result included) / (one forward plus one inverse). For the linear cases that run is one step,
   whose floor is two forwards and one inverse: ``(2F + I)/(F + I)``, printed beside it.
+* ``hand_call_vs_limit``: the same for the PG loop a user would write by hand (:func:`hand_pg_time`:
+  the algorithm alone, with no checks, no record and no counting), timed the same way in the same
+  round. It is the cost of the loss evaluations and of eager PyTorch's per-call work at this size;
+  ``pg_call_vs_limit / hand_call_vs_limit`` is what physgrad's own safety and bookkeeping cost.
 * The JSON records the CPU model, core count, load average, torch and BLAS threads, package
   versions, date and git commit.
 
@@ -179,6 +183,43 @@ def pg_step_time(prob, x0, steps: int = PG_STEPS, reps: int = 5) -> float:
             return float("nan")
         ts.append(float(res.times[-1]) / steps)
     return statistics.median(ts)
+
+
+def hand_pg_time(prob, x0, tol: float = TOL, max_steps: int = 10_000) -> float:
+    """Wall time per step of the PG loop a user would write by hand: ``x <- P^{-1}(y*; x)``
+    (η = 1), one forward and one loss per step, until ``L/L0 <= tol``, with nothing else (no
+    checks of x0 or of the updates, no trajectory, no counting). Timed like the benchmark's PG
+    call: the whole call divided by its steps, as the mean of back-to-back calls filling
+    ``MIN_TIMED_S``. NaN without an inverse."""
+    if prob.inverse is None:
+        return float("nan")
+    forward, inverse, target = prob.forward, prob.inverse, prob.target_like(prob.forward(x0))
+
+    def loop():
+        x = x0.clone()
+        r = forward(x) - target
+        L0 = L = 0.5 * float((r * r).sum())
+        k = 0
+        while k < max_steps and L > tol * L0:
+            x = inverse(target, x)
+            r = forward(x) - target
+            L = 0.5 * float((r * r).sum())
+            k += 1
+        _sync(x0)
+        return max(k, 1)
+
+    with torch.no_grad():
+        loop()  # warm-up
+        t = time.perf_counter()
+        k = loop()
+        t1 = time.perf_counter() - t
+        calls = 1 if t1 >= MIN_TIMED_S else min(MAX_CALLS, math.ceil(MIN_TIMED_S / max(t1, 1e-6)))
+        if calls == 1:
+            return t1 / k
+        t = time.perf_counter()
+        for _ in range(calls):
+            k = loop()
+        return (time.perf_counter() - t) / calls / k
 
 
 def _sigma_max_sq(prob, x, iters: int = 20) -> float:
@@ -360,7 +401,7 @@ def run(cases=None, methods=None, budget: float = 30.0, device=None, progress=No
         calls = {}  # back-to-back calls per timed measurement (timeit style), set by the first timed run
         bar.update(1)
         runs = {m: [None] * repeats for m in ms}
-        limits, pg_steps = [None] * repeats, [None] * repeats
+        limits, pg_steps, hands = [None] * repeats, [None] * repeats, [None] * repeats
         done = set()  # methods not repeated (missed the target, or long)
         for k in range(repeats):
             order = list(ms)
@@ -385,6 +426,7 @@ def run(cases=None, methods=None, budget: float = 30.0, device=None, progress=No
             if "pg" in ms:
                 limits[k] = limit_time(prob, x0)
                 pg_steps[k] = pg_step_time(prob, x0)
+                hands[k] = hand_pg_time(prob, x0)
             bar.update(1)
         for m in ms:
             reps = [r for r in runs[m] if r is not None]
@@ -406,11 +448,14 @@ def run(cases=None, methods=None, budget: float = 30.0, device=None, progress=No
                 vals = [y["wall_s"] / max(x["wall_s"], 1e-12) for x, y in pairs]
                 ex["ratios"][f"{m}_vs_{peer.replace('-', '_')}"] = dict(_stats(vals), values=vals)
         if "pg" in ms and prob.inverse is not None:
-            vals, cvals, steps, call_walls, lims = [], [], [], [], []
-            for r, lim, st in zip(runs["pg"], limits, pg_steps):
+            vals, cvals, steps, call_walls, lims, hvals, hand_walls = [], [], [], [], [], [], []
+            for r, lim, st, hd in zip(runs["pg"], limits, pg_steps, hands):
                 if lim is None or not (lim > 0):
                     continue
                 lims.append(lim)
+                if hd is not None and math.isfinite(hd):
+                    hand_walls.append(hd)
+                    hvals.append(hd / lim)
                 if st is not None and math.isfinite(st):
                     steps.append(st)
                     vals.append(st / lim)
@@ -426,6 +471,9 @@ def run(cases=None, methods=None, budget: float = 30.0, device=None, progress=No
             if cvals:
                 ex["pg_call_vs_limit"] = dict(_stats(cvals), values=cvals)
                 ex["pg_call_s"] = statistics.median(call_walls)
+            if hvals:
+                ex["hand_call_vs_limit"] = dict(_stats(hvals), values=hvals)
+                ex["hand_call_s"] = statistics.median(hand_walls)
         extra[label] = ex
     bar.close()
     return rows, extra
@@ -496,12 +544,17 @@ def ratio_lines(rows, extra=None):
                 parts.append(f"pg_step_vs_limit={st['median']:.3g} [{st['min']:.3g}–{st['max']:.3g}]")
             if ct:
                 parts.append(f"pg_call_vs_limit={ct['median']:.3g} [{ct['min']:.3g}–{ct['max']:.3g}]")
+            hd = ex.get("hand_call_vs_limit")
+            if hd:
+                parts.append(f"hand_call_vs_limit={hd['median']:.3g} [{hd['min']:.3g}–{hd['max']:.3g}]")
             info = []
             if st:
                 info.append(f"PG step {ex['pg_step_s'] * 1e3:.3g} ms in a {PG_STEPS}-step run")
             if ct:
                 info.append(f"one-step call {ex['pg_call_s'] * 1e3:.3g} ms (floor: 2 forwards + 1 inverse = "
                             f"{ex['forward_plus_limit_s'] / ex['limit_s']:.2f} x limit)")
+            if hd:
+                info.append(f"hand-written loop {ex['hand_call_s'] * 1e3:.3g} ms per step")
             info.append(f"forward + inverse {ex['limit_s'] * 1e3:.3g} ms")
             lines.append(" ".join(parts) + " (" + "; ".join(info) + ")")
     return lines
@@ -678,6 +731,7 @@ def scaling(cases=None, methods=None, max_n=None, max_n_1d=None, repeats: int = 
                             "wall_s_max": r["wall_s_max"], "wall_s_repeats": r["wall_s_repeats"],
                             "final_rel_loss": r["final_rel_loss"], "forward_s": ex["forward_s"],
                             "limit_s": ex.get("limit_s"), "pg_step_s": ex.get("pg_step_s"), "pg_call_s": ex.get("pg_call_s"),
+                            "hand_call_s": ex.get("hand_call_s"),
                             "counts": r.get("counts")})
     return out
 

@@ -20,8 +20,10 @@ def test_main_toy_writes_ratio_lines_and_machine_info(tmp_path, capsys):
     num = r"[0-9.e+-]+"
     assert re.search(rf"RATIO toy pg_vs_scipy_lbfgsb={num} \[{num}–{num}\] pg_vs_torch_lbfgs={num} \[", text)
     assert re.search(rf"LIMIT toy pg_step_vs_limit={num} \[{num}–{num}\] pg_call_vs_limit={num} \[{num}–{num}\] "
+                     rf"hand_call_vs_limit={num} \[{num}–{num}\] "
                      rf"\(PG step {num} ms in a {bench.PG_STEPS}-step run; one-step call {num} ms \(floor: 2 "
-                     rf"forwards \+ 1 inverse = {num} x limit\); forward \+ inverse {num} ms\)", text)
+                     rf"forwards \+ 1 inverse = {num} x limit\); hand-written loop {num} ms per step; "
+                     rf"forward \+ inverse {num} ms\)", text)
     data = json.loads(out.read_text())
     m = data["machine"]
     for key in ("cpu", "cores", "load_avg_1_5_15", "torch_threads", "versions", "date_utc", "blas_pools"):
@@ -40,7 +42,7 @@ def test_main_toy_writes_ratio_lines_and_machine_info(tmp_path, capsys):
     # are those of one run
     assert 1 < pg["calls_per_timing"] <= bench.MAX_CALLS
     lim = data["cases"]["toy"]
-    assert lim["pg_step_vs_limit"]["n"] == lim["pg_call_vs_limit"]["n"] == 3
+    assert lim["pg_step_vs_limit"]["n"] == lim["pg_call_vs_limit"]["n"] == lim["hand_call_vs_limit"]["n"] == 3
     assert lim["forward_plus_limit_s"] > lim["limit_s"] > 0
 
 
@@ -52,6 +54,25 @@ def test_pg_step_time_is_per_step_and_nan_without_an_inverse():
     q = heat_1d(n=64)
     q.inverse = None
     assert bench.pg_step_time(q, q.x0) != bench.pg_step_time(q, q.x0)  # NaN
+
+
+def test_hand_pg_loop_takes_the_steps_of_physgrads_pg_and_is_nan_without_an_inverse(monkeypatch):
+    import physgrad
+
+    # a cubic with a linearized (one Newton step) local inverse: PG needs several steps
+    p = physgrad.Problem(lambda x: x + x ** 3, torch.tensor([2.0, 10.0], dtype=torch.float64),
+                         lambda y, x: x + (y - x - x ** 3) / (1 + 3 * x ** 2))
+    x0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    res = physgrad.optimize(p, x0, "pg", steps=100, tol=bench.TOL)
+    seen = []
+    inverse = p.inverse
+    p.inverse = lambda y, x: seen.append(1) or inverse(y, x)
+    monkeypatch.setattr(bench, "MAX_CALLS", 1)
+    monkeypatch.setattr(bench, "MIN_TIMED_S", 0.0)
+    assert bench.hand_pg_time(p, x0) > 0
+    assert res.nit > 1 and len(seen) == 2 * res.nit  # warm-up + one timed call, each res.nit steps
+    p.inverse = None
+    assert bench.hand_pg_time(p, x0) != bench.hand_pg_time(p, x0)  # NaN
 
 
 def test_blas_pools_are_pinned_inside_the_bench():
