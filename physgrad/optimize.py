@@ -274,15 +274,15 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
             problem._entrance(x, method, options, check_derivatives)
         y = problem.simulate(x)  # also checks the shape of P(x) against y*
         U.check_dtypes(spec, x, y)
-        L = problem.loss_of_output(y)
-        if L.requires_grad:  # (a forward with trainable parameters of its own)
-            L = L.detach()
-        L0 = float(L)
+        S = problem._squared_residual(y)  # L = S / 2, halved on the host (exact)
+        if S.requires_grad:  # (a forward with trainable parameters of its own)
+            S = S.detach()
+        L0 = 0.5 * float(S)
         if not math.isfinite(L0):
             raise NonFiniteError(f"the loss at x0 is {L0}: the simulator output P(x0) is not finite")
         if step_size is None:  # gd / adam without a step size: the documented heuristic at x0
             step_size = U.default_learning_rate(method, view, x.reshape(1, -1))
-        run = _Run(x, L, method, step_size, kw, state_kw, counts, keep_xs, problem)
+        run = _Run(x, L0, S.dtype, method, step_size, kw, state_kw, counts, keep_xs, problem)
         xs, losses, times = run.xs, run.losses, run.times
         status, message = E.STEP_LIMIT, None
         if atol is not None and L0 <= atol:
@@ -311,32 +311,33 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                     dx = step.dx
                     xb_new = xb + dx
                     x_new = xb_new.reshape(x.shape)
-                if gtol is None:
+                if gtol is None:  # L = half * S (the loss is halved on the host, as a float)
                     y_new = problem.simulate(x_new)
-                    L_new = problem.loss_of_output(y_new)
-                    if L_new.requires_grad:
-                        L_new = L_new.detach()
+                    S, half = problem._squared_residual(y_new), 0.5
+                    if S.requires_grad:
+                        S = S.detach()
                 else:
-                    L_new, g_new = problem.value_and_grad(x_new)
-                    y_new = None
+                    S, g_new = problem.value_and_grad(x_new)
+                    y_new, half = None, 1.0
                 # the one host sync of a step: the loss, with a cheap finiteness probe of the update
-                # (L + 0 * sum(v), one fused add, is L unless v holds a NaN/Inf, which makes it NaN)
+                # (S + 0 * sum(v), one fused add, is S unless v holds a NaN/Inf, which makes it NaN)
                 probe = (x_new if dx is None else dx).sum()
                 if probe.is_complex():
                     probe = probe.real + probe.imag
-                L_prev, Lf = Lf, float(L_new.add(probe, alpha=0))
-                if not math.isfinite(Lf) and _finite_after_all(L_new, x_new):
-                    Lf = float(L_new)  # the probe's sum overflowed on large but finite values
+                L_prev, Lf = Lf, half * float(S.add(probe, alpha=0))
+                if not math.isfinite(Lf) and _finite_after_all(S, x_new):
+                    Lf = half * float(S)  # the probe's sum overflowed on large but finite values
                 if not math.isfinite(Lf):
-                    msg = _nonfinite_message(k, spec, step_size, x_new - x if dx is None else dx, L_new, dx is None)
+                    msg = _nonfinite_message(k, spec, step_size, x_new - x if dx is None else dx, half * float(S),
+                                             dx is None)
                     if on_nonfinite == "raise":
                         raise NonFiniteError(msg)
                     status, message, Lf = E.NONFINITE, msg, L_prev
                     break
-                x_prev, x, xb, L, y = x, x_new, xb_new, L_new, y_new
+                x_prev, x, xb, y = x, x_new, xb_new, y_new
                 if xs is not None:
                     xs.append(x.clone())
-                losses.append(L)
+                losses.append(Lf)
                 times.append(time.perf_counter() - t_start)
                 if bar is not None:
                     bar.update(1)
@@ -375,7 +376,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                                                         f"after {k + 1} steps")
                         break
                 phase = "callback"
-                if callback is not None and callback(k, x, L):
+                if callback is not None and callback(k, x, run.loss_tensor(Lf, x)):
                     status, message = E.CALLBACK, f"stopped by callback after {k + 1} steps"
                     break
                 if time_budget is not None and times[-1] > time_budget:
@@ -416,36 +417,35 @@ def _call_with_copy(callback, k, x, L):
     return callback(k, x.clone(), L)
 
 
-def _finite_after_all(L_new, x_new) -> bool:
+def _finite_after_all(S, x_new) -> bool:
     """The exact check behind a non-finite probe (rare path): is everything finite after all?"""
-    return math.isfinite(float(L_new)) and bool(torch.isfinite(x_new).all())
+    return math.isfinite(float(S)) and bool(torch.isfinite(x_new).all())
 
 
-def _nonfinite_message(k, spec, step_size, dx, L_new, from_inverse):
+def _nonfinite_message(k, spec, step_size, dx, L_new: float, from_inverse):
     if from_inverse and not bool(torch.isfinite(dx).all()):
         return f"step {k + 1}: {INVERSE_NONFINITE}"
     if not bool(torch.isfinite(dx).all()):
         return f"step {k + 1}: the {spec.name} update became non-finite (NaN/Inf); the run diverged. {spec.hint}"
-    return (f"step {k + 1}: the loss became {L_new.item()} with method {spec.name!r} and "
+    return (f"step {k + 1}: the loss became {L_new} with method {spec.name!r} and "
             f"step_size={step_size:g}; the run diverged. {spec.hint}")
 
 
 class _Run:
-    """The record of one run, from which the (partial) Result is built. ``keep_xs=False`` keeps
-    x0 in the first row of a two-row buffer whose second row receives the last iterate at the
-    end (one copy each, instead of a clone and a stack)."""
+    """The record of one run, from which the (partial) Result is built. It keeps its own copy of
+    x0 (an inverse that writes into the iterate it is given cannot change the record);
+    ``keep_xs=False`` keeps only that copy and stacks it with the last iterate at the end."""
 
-    def __init__(self, x0, L0, method, step_size, options, state_kw, counts, keep_xs, problem):
-        if keep_xs:
-            self.xs = [x0.clone()]
-            self.x0 = self.xs[0]
-        else:
-            self.xs, self._pair = None, x0.new_empty((2,) + tuple(x0.shape))
-            self.x0, self._last = self._pair.unbind()
-            self.x0.copy_(x0)
-        self.losses, self.times = [L0], [0.0]
+    def __init__(self, x0, L0: float, loss_dtype, method, step_size, options, state_kw, counts, keep_xs, problem):
+        self.x0 = x0.clone()
+        self.xs = [self.x0] if keep_xs else None
+        self.losses, self.times, self.loss_dtype = [L0], [0.0], loss_dtype  # (losses: floats)
         self.method, self.step_size, self.options, self.state_kw = method, step_size, options, state_kw
         self.counts, self.problem = counts, problem
+
+    def loss_tensor(self, L: float, x) -> Tensor:
+        """The loss as a 0-dim tensor of the run's loss dtype (what a callback receives)."""
+        return torch.tensor(L, dtype=self.loss_dtype, device=x.device)
 
     def stall(self, k, x, Lf, L0, why):
         """Status and message of a run that cannot decrease L further: converged to working
@@ -466,13 +466,12 @@ class _Run:
         """``fun``: the final loss as a float when the caller has it (it is ``float(losses[-1])``)."""
         if self.xs is not None:
             xs = torch.stack(self.xs)
-        elif len(self.losses) > 1:
-            xs = self._pair
-            self._last.copy_(x)
         else:
-            xs = self._pair[:1].clone()
-        losses = torch.stack(self.losses)
-        # (times: a copy into an array of doubles, three times cheaper than torch.tensor of a list)
+            xs = torch.stack((self.x0, x)) if len(self.losses) > 1 else self.x0.unsqueeze(0)
+        # (losses and times: a copy into an array of doubles, three times cheaper than torch.tensor
+        # of a list; the losses are exact in float64 and go back to the loss's dtype and device)
+        losses = torch.frombuffer(array.array("d", self.losses), dtype=torch.float64).to(
+            dtype=self.loss_dtype, device=self.x0.device)
         times = torch.frombuffer(array.array("d", self.times), dtype=torch.float64)
         return Result(
             x=x, xs=xs, losses=losses, times=times, method=self.method,

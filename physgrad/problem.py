@@ -379,9 +379,13 @@ class Problem:
 
     def loss_of_output(self, y: Tensor) -> Tensor:
         r"""The loss ``1/2 ||y - y*||^2`` of an already simulated ``y = P(x)`` (no forward call)."""
+        return 0.5 * self._squared_residual(y)
+
+    def _squared_residual(self, y: Tensor) -> Tensor:
+        r"""``||y - y*||^2``, the one formula behind the loss (``optimize`` halves it on the host)."""
         r = y - self.target_like(y)
         # r*r (not |r|^2): abs() has a zero second derivative at r = 0, which would corrupt Hessians
-        return 0.5 * (r * r.conj()).real.sum() if r.is_complex() else 0.5 * (r * r).sum()
+        return (r * r.conj()).real.sum() if r.is_complex() else (r * r).sum()
 
     # ------------------------------------------------------------------ derivatives
     def _flat_forward(self, x: Tensor):
