@@ -21,7 +21,11 @@ median and range of ``repeats`` interleaved repetitions, and the ratio
 checks that batch and loop end at the same ``x`` (``max_abs_diff``).
 
 Threads are pinned (``torch.set_num_threads(1)`` and threadpoolctl when installed), so the ratio
-measures vectorisation, not parallelism. ``--device cuda`` runs on a GPU (default sizes then
+measures vectorisation, not parallelism. At large ``B`` a step allocates tensors of megabytes,
+which glibc returns to the operating system when they are freed; every step then faults its
+memory in again, which can be half of a batched ``ig`` or ``newton`` step on a virtual machine.
+``THP_MEM_ALLOC_ENABLE=1`` in the environment makes PyTorch put large CPU tensors on 2 MB pages;
+the JSON records that variable, glibc's ``MALLOC_*`` variables and the kernel's huge-page mode. ``--device cuda`` runs on a GPU (default sizes then
 include ``B = 16384``); ``--dtype float32`` is supported.
 """
 

@@ -56,9 +56,27 @@ def _git_commit():
         return None
 
 
+#: environment variables that change how fast large CPU tensors are allocated (PyTorch's huge
+#: pages for big allocations, glibc's heap padding and thresholds, a preloaded allocator)
+MEMORY_ENV = ("THP_MEM_ALLOC_ENABLE", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+              "LD_PRELOAD")
+
+
+def _thp_mode():
+    """The kernel's transparent-huge-page mode (``always``/``madvise``/``never``), or None."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return None
+    i, j = text.find("["), text.find("]")
+    return text[i + 1:j] if 0 <= i < j else text.strip()
+
+
 def machine_info(device="cpu") -> dict:
     """Everything a reader needs to judge a measurement: CPU model, cores, platform, load average
-    (1, 5, 15 min), torch threads, BLAS pools, thread environment variables, package versions
+    (1, 5, 15 min), torch threads, BLAS pools, thread and memory-allocation environment variables
+    (with the kernel's transparent-huge-page mode), package versions
     (also flat: ``python``, ``torch``, ``numpy``), git commit, date (UTC) and the device (with the
     GPU's name on CUDA)."""
     try:
@@ -81,6 +99,7 @@ def machine_info(device="cpu") -> dict:
             "load_avg_1_5_15": load, "torch_threads": torch.get_num_threads(), "blas_pools": blas_pools(),
             "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                            "MKL_NUM_THREADS")},
+            "env_memory": {k: os.environ.get(k) for k in MEMORY_ENV}, "transparent_hugepage": _thp_mode(),
             "versions": vers, "python": vers["python"], "torch": vers["torch"], "numpy": vers["numpy"],
             "git_commit": _git_commit(), "date_utc": date, "date": date, "device": str(device)}
     if str(device).startswith("cuda") and torch.cuda.is_available():
