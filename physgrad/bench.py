@@ -44,7 +44,7 @@ Fairness and statistics:
 * ``pg_call_vs_limit`` = (wall time of the whole benchmark PG run to ``1e-6``, per step, setup
   and result included) / (one forward plus one inverse). For the linear cases that run is one step,
   whose floor is two forwards and one inverse: ``(2F + I)/(F + I)``, printed beside it.
-* ``hand_call_vs_limit``: the same for the PG loop a user would write by hand (:func:`hand_pg_time`:
+* ``hand_call_vs_limit``: the same for the PG loop a user would write by hand (:func:`~physgrad.bench.hand_pg_time`:
   the algorithm alone, with no checks, no record and no counting), timed the same way in the same
   round. It is the cost of the loss evaluations and of eager PyTorch's per-call work at this size;
   ``pg_call_vs_limit / hand_call_vs_limit`` is what physgrad's own safety and bookkeeping cost.
@@ -72,7 +72,7 @@ import time
 
 import torch
 
-__all__ = ["run", "main", "scaling", "machine_info", "CASES", "METHODS"]
+__all__ = ["run", "main", "scaling", "hand_pg_time", "machine_info", "CASES", "METHODS"]
 
 CASES = ["heat-1d", "heat-2d", "poisson-2d", "burgers-1d", "toy"]
 METHODS = ["gd", "adam", "lbfgs", "scipy-lbfgsb", "torch-lbfgs", "ig", "pg", "hig"]
