@@ -185,6 +185,12 @@ def pg_step_time(prob, x0, steps: int = PG_STEPS, reps: int = 5) -> float:
     return statistics.median(ts)
 
 
+def _calls_per_timing(t1: float) -> int:
+    """Back-to-back calls per timed measurement for a run that took ``t1`` seconds: enough to
+    fill ``MIN_TIMED_S``, at most ``MAX_CALLS`` (``timeit`` style; 1 for a long run)."""
+    return 1 if t1 >= MIN_TIMED_S else min(MAX_CALLS, math.ceil(MIN_TIMED_S / max(t1, 1e-6)))
+
+
 def hand_pg_time(prob, x0, tol: float = TOL, max_steps: int = 10_000) -> float:
     """Wall time per step of the PG loop a user would write by hand: ``x <- P^{-1}(y*; x)``
     (η = 1), one forward and one loss per step, until ``L/L0 <= tol``, with nothing else (no
@@ -213,7 +219,7 @@ def hand_pg_time(prob, x0, tol: float = TOL, max_steps: int = 10_000) -> float:
         t = time.perf_counter()
         k = loop()
         t1 = time.perf_counter() - t
-        calls = 1 if t1 >= MIN_TIMED_S else min(MAX_CALLS, math.ceil(MIN_TIMED_S / max(t1, 1e-6)))
+        calls = _calls_per_timing(t1)
         if calls == 1:
             return t1 / k
         t = time.perf_counter()
@@ -415,7 +421,7 @@ def run(cases=None, methods=None, budget: float = 30.0, device=None, progress=No
                 r["counts"] = dict(prob.counts)
                 if m not in calls:
                     t1 = r["wall_s"]
-                    calls[m] = 1 if t1 >= MIN_TIMED_S else min(MAX_CALLS, math.ceil(MIN_TIMED_S / max(t1, 1e-6)))
+                    calls[m] = _calls_per_timing(t1)
                 if calls[m] > 1:
                     walls = [r["wall_s"]] + [run_one(case, m, prob, x0, budget)["wall_s"] for _ in range(calls[m] - 1)]
                     r["wall_s"] = sum(walls) / len(walls)
