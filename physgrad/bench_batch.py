@@ -25,8 +25,9 @@ measures vectorisation, not parallelism. At large ``B`` a step allocates tensors
 which glibc returns to the operating system when they are freed; every step then faults its
 memory in again, which can be half of a batched ``ig`` or ``newton`` step on a virtual machine.
 ``THP_MEM_ALLOC_ENABLE=1`` in the environment makes PyTorch put large CPU tensors on 2 MB pages;
-the JSON records that variable, glibc's ``MALLOC_*`` variables and the kernel's huge-page mode. ``--device cuda`` runs on a GPU (default sizes then
-include ``B = 16384``); ``--dtype float32`` is supported.
+the JSON records that variable, glibc's ``MALLOC_*`` variables and the kernel's huge-page mode.
+``--device cuda`` runs on a GPU (default sizes then include ``B = 16384``); ``--dtype float32``
+is supported.
 """
 
 from __future__ import annotations

@@ -267,7 +267,8 @@ def test_batch_benchmark_runs_and_batch_equals_loop(tmp_path):
     import json
 
     d = json.loads(out.read_text())
-    assert {"cpu", "cores", "torch_threads", "versions", "date", "env_memory", "transparent_hugepage"} <= set(d["machine"])
+    assert {"cpu", "cores", "torch_threads", "versions", "date", "env_memory",
+            "transparent_hugepage"} <= set(d["machine"])
     assert set(d["machine"]["env_memory"]) == {"THP_MEM_ALLOC_ENABLE", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
                                                "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD"}
 
