@@ -364,7 +364,8 @@ def descent_direction(H: Tensor, g: Tensor, rcond: Optional[float] = None):
     well above zero (default ``rcond`` only) skip the eigendecomposition. Returns
     ``(p, modified)``."""
     d = _col_scale(H)
-    Hs, gs = H / (d[..., :, None] * d[..., None, :]), g / d
+    Hs = d[..., :, None] * d[..., None, :]
+    Hs, gs = torch.div(H, Hs, out=Hs), g / d  # (into the scale's buffer: one (B, n, n) temporary less)
     p = torch.zeros_like(gs)
     pd = torch.zeros(gs.shape[:-1], dtype=torch.bool, device=gs.device)
     if rcond is None and H.ndim >= 3 and H.shape[-1]:

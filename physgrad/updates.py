@@ -86,8 +86,12 @@ def _finite_rows(active, *ts):
     if active is None:
         return None
     ok = active
-    for t in ts:  # t * 0 is 0 where t is finite and NaN where it is not; its sum cannot overflow
-        ok = ok & ((t * 0).sum(dim=tuple(range(1, t.ndim))) == 0)  # (no flatten: J may be strided)
+    for t in ts:  # (B, ...) with ndim >= 2; no flatten: J may be strided
+        dims = tuple(range(1, t.ndim))
+        fin = torch.isfinite(t.sum(dim=dims))  # finite unless the row holds a NaN/Inf ...
+        if not bool(fin.all()):  # ... or its sum overflowed: the exact scan (no temporary of t's size otherwise)
+            fin = torch.isfinite(t).all(dim=dims)
+        ok = ok & fin
     return ok
 
 

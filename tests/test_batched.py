@@ -142,6 +142,22 @@ def test_nonfinite_sample_does_not_poison_the_others():
         optimize(Problem(_nan_forward, Y[3]), X0[3], "gd", steps=8, step_size=0.5, progress=False)
 
 
+def test_finite_rows_flags_nan_and_inf_rows_but_not_a_finite_row_whose_sum_overflows():
+    from physgrad.updates import _finite_rows
+
+    big = torch.finfo(D).max
+    J = torch.ones(5, 3, 2, dtype=D)
+    J[1, 2, 0] = float("nan")
+    J[2, 0, 1] = -float("inf")
+    J[3] = big  # finite, but its sum is +inf
+    J[4, :, 0], J[4, :, 1] = big, -big  # finite, its sum is finite
+    active = torch.tensor([True, True, True, True, False])
+    ok = _finite_rows(active, J)
+    assert ok.tolist() == [True, False, False, True, False]  # (an inactive row is never ok)
+    assert _finite_rows(active, J[:, 0], J).tolist() == ok.tolist()
+    assert _finite_rows(None, J) is None  # one problem: the loop's own probe checks it
+
+
 @pytest.mark.parametrize("method,kw", [("newton", dict(line_search="armijo")), ("newton", dict(line_search=None)),
                                        ("ig", dict()), ("hig", dict(line_search="armijo"))])
 def test_singular_sample_does_not_poison_the_others(method, kw):
