@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from .linalg import kept, sanitize, thin_svd
+from .problem import squared_norm
 
 __all__ = ["LMState", "LMStep", "lm_step"]
 
@@ -147,7 +148,7 @@ def lm_step(view, x: Tensor, eta: float, active: Optional[Tensor], st: LMState,
     stalled, rejected = _rows(st.stalled, B, torch.bool, dev), _rows(st.rejected, B, torch.long, dev)
     if r is None:
         r = view.residual(x)
-    L = 0.5 * (r * r).sum(-1).double()
+    L = 0.5 * squared_norm(r, -1).double()
     J = view.jacobian(x)
     ok = None if active is None else active & torch.isfinite(J).flatten(1).all(-1)
     J = J if ok is None else sanitize(J, ok)

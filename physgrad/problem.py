@@ -78,6 +78,15 @@ class count_calls:
         _RUN_COUNTERS.reset(self._token)
 
 
+def squared_norm(r: Tensor, dim=None) -> Tensor:
+    r"""``Σ |r|²`` over ``dim`` (all entries if ``None``), real also for a complex ``r``: the one
+    formula behind every loss of physgrad, of one problem and per sample of a batch. It is
+    ``r * conj(r)``, not ``abs(r)²``: ``abs`` has a zero second derivative at ``r = 0``, which
+    would corrupt Hessians."""
+    sq = (r * r.conj()).real if r.is_complex() else r * r
+    return sq.sum() if dim is None else sq.sum(dim)
+
+
 def check_finite(t: Tensor, what: str) -> Tensor:
     """Raise :class:`~physgrad.errors.NonFiniteError` if ``t`` holds a NaN or Inf."""
     if not torch.is_tensor(t):
@@ -382,10 +391,8 @@ class Problem:
         return 0.5 * self._squared_residual(y)
 
     def _squared_residual(self, y: Tensor) -> Tensor:
-        r"""``||y - y*||^2``, the one formula behind the loss (``optimize`` halves it on the host)."""
-        r = y - self.target_like(y)
-        # r*r (not |r|^2): abs() has a zero second derivative at r = 0, which would corrupt Hessians
-        return (r * r.conj()).real.sum() if r.is_complex() else (r * r).sum()
+        r"""``||y - y*||^2`` (``optimize`` halves it on the host)."""
+        return squared_norm(y - self.target_like(y))
 
     # ------------------------------------------------------------------ derivatives
     def _flat_forward(self, x: Tensor):

@@ -34,7 +34,7 @@ import torch
 
 from .errors import PhysgradError
 from .optimize import optimize
-from .problem import Problem
+from .problem import Problem, squared_norm
 from .updates import METHODS
 
 __all__ = ["LOSS_FLOOR", "MethodFacts", "METHOD_FACTS", "learning_rate", "extendable", "family",
@@ -251,7 +251,7 @@ def loss_grid(prob: Problem, x0: Tensor, xlim: Sequence[float], ylim: Sequence[f
     with torch.no_grad():
         Y = torch.func.vmap(prob.forward)(pts).reshape(pts.shape[0], -1)
         r = Y - prob.target.to(Y).reshape(1, -1)
-        L = 0.5 * (r * r).sum(-1)
+        L = 0.5 * squared_norm(r, -1)
     return _np(X1), None if X2 is None else _np(X2), _np(L).reshape(X1.shape), _np(Y)
 
 

@@ -45,7 +45,7 @@ from .linalg import damped, descent_direction, kept, sanitize, singular_hessian_
     thin_svd, zero_matrix_error
 from .linesearch import check_kind, search, wolfe_search  # noqa: F401 (wolfe_search: public here)
 from .lm import LMState, lm_step
-from .problem import Problem, _dense_bytes, check_memory
+from .problem import Problem, _dense_bytes, check_memory, squared_norm
 from .views import SingleView
 
 __all__ = [
@@ -421,7 +421,7 @@ def _hig(view, x, eta, active, st, kappa=0.5, truncation=1e-6, line_search="armi
     fail = _fail(active, ok, singular)
     if line_search is None:
         return Step(eta * dx, fail)
-    L = 0.5 * (r * r).sum(-1)
+    L = 0.5 * squared_norm(r, -1)
     g = (J.mT @ r.unsqueeze(-1)).squeeze(-1)
     t = _search(line_search, view, x, L, g, dx, eta, _run(active, fail))
     return Step(t[:, None] * dx, fail)

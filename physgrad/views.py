@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import InverseSimulatorError, MissingInverseError, PhysgradError, ShapeError
+from .problem import squared_norm
 
 __all__ = ["SingleView", "BatchView", "batch_jacobian"]
 
@@ -159,7 +160,8 @@ class BatchView:
 
     @staticmethod
     def _half_sq(r: Tensor) -> Tensor:
-        return 0.5 * (r * r).sum(-1)
+        """Per-sample losses ``½ Σ |r_b|²`` of flat residuals ``(B, m)``."""
+        return 0.5 * squared_norm(r, -1)
 
     def losses(self, xf: Tensor) -> Tensor:
         return self._half_sq(self.residual(xf.detach()))

@@ -396,3 +396,21 @@ def test_step_limit_at_defaults_is_not_a_success_single_and_batched():
     assert f"L/L0 = {float(rs.rel_losses[-1]):.3g}" in rs.message and "L/L0" in rb.message
     assert physgrad.STATUS[rs.status] == rb.status_message(0)
     assert physgrad.batched.LEGACY_STATUS[0] == 1 and physgrad.batched.LEGACY_STATUS[1] == 0
+
+
+@pytest.mark.parametrize("method,eta", [("gd", 0.1), ("adam", 0.1), ("pg", 0.5)])
+def test_complex_batch_follows_the_single_runs(method, eta):
+    # the methods that accept complex x, on P(x) = A x with a complex A: each sample of the batch
+    # takes the steps of its own single run (one loss formula, real for a complex residual)
+    A = torch.tensor([[2.0 + 1.0j, 0.5j], [0.0, 1.0 - 0.5j]], dtype=torch.complex128)
+    fwd = lambda x: x @ A.T  # noqa: E731  (rows are samples; for one sample, A x)
+    inv = lambda y, x0: torch.linalg.solve(A, y.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    Y = torch.tensor([[1 + 1j, 2 - 1j], [0.5 + 0j, 1j], [-1j, 0.25]], dtype=torch.complex128)
+    X0 = torch.zeros(3, 2, dtype=torch.complex128)
+    rb = optimize(Problem(fwd, Y, inv, batched=True), X0, method, steps=6, step_size=eta, progress=False)
+    assert rb.losses.dtype == torch.float64 and rb.losses.shape == (7, 3)
+    for b in range(3):
+        r = optimize(Problem(fwd, Y[b], inv), X0[b], method, steps=6, step_size=eta, progress=False)
+        torch.testing.assert_close(rb.xs[:, b], r.xs, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(rb.losses[:, b], r.losses, rtol=1e-12, atol=1e-14)
+        assert int(rb.status[b]) == r.status and bool(rb.success[b]) == r.success
