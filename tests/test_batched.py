@@ -398,6 +398,38 @@ def test_step_limit_at_defaults_is_not_a_success_single_and_batched():
     assert physgrad.batched.LEGACY_STATUS[0] == 1 and physgrad.batched.LEGACY_STATUS[1] == 0
 
 
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.complex128, torch.complex64]
+
+
+@pytest.mark.parametrize("method", list(physgrad.METHODS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=[str(d).split(".")[1] for d in DTYPES])
+def test_one_sample_batched_run_matches_the_single_run_in_every_dtype(method, dtype):
+    """The dtype policy and the steps, single vs batched with B = 1: the same error, or the same
+    status and (to the dtype's precision) the same x."""
+    if dtype.is_complex:  # the toy's map, holomorphic, with its inverse on the principal branch
+        p = Problem(lambda x: torch.stack([x[..., 0], x[..., 1] ** 2], -1), toy.toy().target.to(dtype),
+                    lambda y, a: torch.stack([y[..., 0], torch.sqrt(y[..., 1])], -1))
+    else:
+        p = toy.toy(dtype=dtype)
+    x0 = toy.toy_x0().to(dtype)
+    pb = Problem(p.forward, p.target.reshape(1, -1), lambda y, a: p.inverse(y[0], a[0]).unsqueeze(0), batched=True)
+    kw = dict(steps=3, progress=False, step_size=0.01 if physgrad.METHODS[method].learning_rate else None)
+    outcomes = []
+    for prob, x in ((p, x0), (pb, x0.unsqueeze(0))):
+        try:
+            r = optimize(prob, x, method, **kw)
+        except TypeError as e:
+            outcomes.append(str(e))
+        else:
+            outcomes.append((int(r.status if prob is p else r.status[0]), r.x.reshape(-1).to(torch.complex128)))
+    if isinstance(outcomes[0], str) or isinstance(outcomes[1], str):
+        assert outcomes[0] == outcomes[1]  # refused alike, with the same words
+        return
+    assert outcomes[0][0] == outcomes[1][0]
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(outcomes[1][1], outcomes[0][1], rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("method,eta", [("gd", 0.1), ("adam", 0.1), ("pg", 0.5)])
 def test_complex_batch_follows_the_single_runs(method, eta):
     # the methods that accept complex x, on P(x) = A x with a complex A: each sample of the batch
