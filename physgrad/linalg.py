@@ -365,7 +365,8 @@ def descent_direction(H: Tensor, g: Tensor, rcond: Optional[float] = None):
     ``(p, modified)``."""
     d = _col_scale(H)
     Hs = d[..., :, None] * d[..., None, :]
-    Hs, gs = torch.div(H, Hs, out=Hs), g / d  # (into the scale's buffer: one (B, n, n) temporary less)
+    # (into the scale's buffer, one (B, n, n) temporary less; out= is refused where autograd records)
+    Hs, gs = H / Hs if Hs.requires_grad or H.requires_grad else torch.div(H, Hs, out=Hs), g / d
     p = torch.zeros_like(gs)
     pd = torch.zeros(gs.shape[:-1], dtype=torch.bool, device=gs.device)
     if rcond is None and H.ndim >= 3 and H.shape[-1]:

@@ -93,7 +93,7 @@ def check_finite(t: Tensor, what: str) -> Tensor:
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     # fast path: one reduction, finite unless t holds a NaN/Inf (or the sum overflows, which the
     # exact scan below then clears)
-    s = t.sum()
+    s = (t.detach() if t.requires_grad else t).sum()
     if s.is_complex():
         s = s.real + s.imag
     if math.isfinite(float(s)):

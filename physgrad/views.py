@@ -26,6 +26,13 @@ __all__ = ["SingleView", "BatchView", "batch_jacobian"]
 Tensor = torch.Tensor
 
 
+def _plain(t: Tensor) -> Tensor:
+    """``t`` cut from any autograd graph: a simulator with trainable parameters of its own (an
+    ``nn.Module``, a weight with ``requires_grad``) gives outputs that carry a graph, but the
+    kernels only ever need values, and a run must not keep (or return) that graph."""
+    return t.detach() if t.requires_grad else t
+
+
 class SingleView:
     """One :class:`~physgrad.problem.Problem` as a batch of one sample (``x`` is ``(1, n)``)."""
 
@@ -64,35 +71,35 @@ class SingleView:
         return self.problem.checked_simulate(x.reshape(self.x_shape))
 
     def residual(self, x: Tensor) -> Tensor:
-        return self.problem.residual(x.reshape(self.x_shape)).reshape(1, -1)
+        return _plain(self.problem.residual(x.reshape(self.x_shape))).reshape(1, -1)
 
     def losses(self, x: Tensor) -> Tensor:
-        return self.problem.loss(x.reshape(self.x_shape)).reshape(1)
+        return _plain(self.problem.loss(x.reshape(self.x_shape))).reshape(1)
 
     def value_and_grad(self, x: Tensor):
         L, g = self.problem.value_and_grad(x.reshape(self.x_shape))
-        return L.reshape(1), g.reshape(1, -1)
+        return _plain(L).reshape(1), _plain(g).reshape(1, -1)
 
     def jacobian(self, x: Tensor) -> Tensor:
-        return self.problem.jacobian(x.reshape(self.x_shape)).unsqueeze(0)
+        return _plain(self.problem.jacobian(x.reshape(self.x_shape))).unsqueeze(0)
 
     def grad_and_hessian(self, x: Tensor):
         g, H = self.problem.grad_and_hessian(x.reshape(self.x_shape))
-        return g.reshape(1, -1), H.unsqueeze(0)
+        return _plain(g).reshape(1, -1), _plain(H).unsqueeze(0)
 
     def gauss_newton_product(self, x: Tensor, v: Tensor) -> Tensor:
         """``J^T J v`` (through the problem's jvp and vjp, user-supplied ones included)."""
         xs = x.reshape(self.x_shape)
         Jv = self.problem.jvp(xs, v.reshape(self.x_shape))
-        return self.problem.vjp(xs, Jv).reshape(1, -1)
+        return _plain(self.problem.vjp(xs, Jv)).reshape(1, -1)
 
     def inverse_point(self, x: Tensor, eta: float):
         """``P^{-1}(P(x) + η (y* − P(x)); x)`` as ``(1, n)``, and ``None`` (no per-sample flag:
         a failing inverse raises)."""
         y0 = self.output(x)
         xs = self._cxn if x is self._cx and self._cxn is not None else x.reshape(self.x_shape)
-        x_new = self.problem.apply_inverse(torch.lerp(y0, self.problem.target_like(y0), eta), xs,
-                                           check=self.check_inverse)
+        x_new = _plain(self.problem.apply_inverse(torch.lerp(y0, self.problem.target_like(y0), eta), xs,
+                                                  check=self.check_inverse))
         self._inv = (x_new.reshape(1, -1), x_new)
         return self._inv[0], None
 
@@ -156,7 +163,7 @@ class BatchView:
 
     def residual(self, xf: Tensor) -> Tensor:
         self.count("forward")
-        return self.P(xf) - self.Y
+        return _plain(self.P(xf) - self.Y)
 
     @staticmethod
     def _half_sq(r: Tensor) -> Tensor:
@@ -179,7 +186,7 @@ class BatchView:
         mode = self.problem.jacobian_mode
         if mode not in ("fwd", "rev"):
             mode = "fwd" if self.n <= self.m else "rev"
-        return batch_jacobian(self.P, xf, mode)
+        return _plain(batch_jacobian(self.P, xf, mode))
 
     def grad_and_hessian(self, xf: Tensor):
         """Per-sample gradients ``(B, n)`` and Hessians ``(B, n, n)`` (forward over reverse)."""
@@ -194,7 +201,7 @@ class BatchView:
             return g, g
 
         H, g = jacfwd(total_grad, has_aux=True)(torch.zeros(self.n, dtype=xf.dtype, device=xf.device))
-        return g.to(xf.dtype), H.to(xf.dtype)
+        return _plain(g.to(xf.dtype)), _plain(H.to(xf.dtype))
 
     def gauss_newton_product(self, xf: Tensor, v: Tensor) -> Tensor:
         """Every sample's ``J_b^T J_b v_b`` ``(B, n)`` (one jvp and one vjp of the batched forward)."""
@@ -203,7 +210,7 @@ class BatchView:
         Jv = torch.func.jvp(self.P, (xf.detach(),), (v,))[1]
         xr = xf.detach().requires_grad_(True)
         with torch.enable_grad():
-            (g,) = torch.autograd.grad(self.P(xr), xr, Jv)
+            (g,) = torch.autograd.grad(self.P(xr), xr, _plain(Jv))
         return g
 
     def inverse_point(self, x: Tensor, eta: float):
@@ -228,6 +235,6 @@ class BatchView:
         if not torch.is_tensor(xi) or tuple(xi.shape) != self.x_shape:
             raise ShapeError(f"the batched inverse simulator must return a tensor of shape {self.x_shape}, got "
                              f"{tuple(xi.shape) if torch.is_tensor(xi) else type(xi).__name__}")
-        xi = xi.reshape(self.B, -1).to(x.dtype)
+        xi = _plain(xi.reshape(self.B, -1).to(x.dtype))
         good = torch.isfinite(xi).all(-1)
         return torch.where(good[:, None], xi, x), good

@@ -446,3 +446,29 @@ def test_complex_batch_follows_the_single_runs(method, eta):
         torch.testing.assert_close(rb.xs[:, b], r.xs, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(rb.losses[:, b], r.losses, rtol=1e-12, atol=1e-14)
         assert int(rb.status[b]) == r.status and bool(rb.success[b]) == r.success
+
+
+@pytest.mark.parametrize("method", list(physgrad.METHODS))
+def test_a_simulator_with_trainable_weights_gives_plain_results_single_and_batched(method):
+    # forward and inverse close over a weight with requires_grad (an nn.Module surrogate would
+    # do the same): the runs take their steps from values only, keep no graph, return none, and
+    # warn nothing; the weight gets no gradient; a sample of the batch follows its single run
+    import warnings
+
+    w = torch.tensor(2.0, dtype=D, requires_grad=True)
+    fwd = lambda x: w * x + 0.1 * x ** 3  # noqa: E731
+    inv = lambda y, x0: y / w  # noqa: E731  (a rough local inverse: the cubic term is left out)
+    Y = torch.tensor([[1.0, 2.0], [0.5, -1.0]], dtype=D)
+    X0 = torch.full((2, 2), 0.5, dtype=D)
+    kw = dict(steps=3, progress=False, step_size=0.05 if physgrad.METHODS[method].learning_rate else None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*requires_grad.*")
+        rb = optimize(Problem(fwd, Y, inv, batched=True), X0, method, **kw)
+        rs = [optimize(Problem(fwd, Y[b], inv), X0[b], method, **kw) for b in range(2)]
+    for r in [rb] + rs:
+        assert not any(getattr(r, a).requires_grad for a in ("x", "xs", "losses"))
+        assert not (torch.is_tensor(r.fun) and r.fun.requires_grad)
+    assert w.grad is None
+    for b in range(2):
+        torch.testing.assert_close(rb.xs[:, b], rs[b].xs, rtol=1e-10, atol=1e-12)
+        assert int(rb.status[b]) == rs[b].status
