@@ -255,9 +255,6 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         method, steps, step_size, dict(tol=tol, atol=atol, gtol=gtol, xtol=xtol), time_budget, on_nonfinite,
         options, state)
     tol, atol, gtol, xtol = tols["tol"], tols["atol"], tols["gtol"], tols["xtol"]
-    if torch.is_tensor(x0) and x0.is_meta:
-        raise TypeError("x0 is on the 'meta' device, which holds no data: optimization needs real values. "
-                        "Create x0 on 'cpu' or 'cuda'.")
     x = problem.check_x(x0, "x0")
     x = (x.detach() if x.requires_grad else x).clone()
     if callback is not None:  # a copy: the callback must not be able to change the iterate

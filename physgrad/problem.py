@@ -348,6 +348,9 @@ class Problem:
             raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}; use e.g. x.double()")
+        if x.is_meta:
+            raise TypeError(f"{what} is on the 'meta' device, which holds no data: optimization needs real values. "
+                            "Create it on 'cpu' or 'cuda'.")
         return check_finite(x, what)
 
     def _check_y(self, y: Tensor, what: str = "P(x)") -> Tensor:

@@ -387,6 +387,22 @@ def test_one_sample_bad_input_raises_the_same_error(method, bad):
     assert errs[0] == errs[1]
 
 
+BAD_X0 = {"meta": lambda x: x.to("meta"), "int": lambda x: x.long(), "nan": lambda x: x * float("nan"),
+          "inf": lambda x: x / 0.0, "list": lambda x: x.tolist(), "ndarray": lambda x: x.numpy()}
+
+
+@pytest.mark.parametrize("method", list(physgrad.METHODS))
+@pytest.mark.parametrize("bad", list(BAD_X0))
+def test_one_sample_bad_x0_raises_the_same_error(method, bad):
+    p, x0, pb, xb = _one_sample()
+    errs = []
+    for prob, x in ((p, x0), (pb, xb)):
+        with pytest.raises(Exception) as ei:
+            optimize(prob, BAD_X0[bad](x), method, steps=2, step_size=0.3, progress=False)
+        errs.append((type(ei.value), str(ei.value)))
+    assert errs[0] == errs[1] and issubclass(errs[0][0], (TypeError, ValueError, physgrad.PhysgradError))
+
+
 def test_step_limit_at_defaults_is_not_a_success_single_and_batched():
     p, x0, pb, xb = _one_sample()
     rs = optimize(p, x0, "gd", steps=5, step_size=0.01, tol=1e-12, progress=False)
