@@ -361,12 +361,13 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
                                                 "the trust region lowers L)")
                     break
                 # a zero update above L = 0 is a stall, never a met xtol: it ends the run at once (at L = 0
-                # the run goes on, so that a trajectory that hits the solution exactly keeps its length)
+                # the run goes on, so that a trajectory that hits the solution exactly keeps its length,
+                # unless xtol is given: then the zero update there meets it)
                 if Lf == L_prev and Lf > 0 and torch.equal(x, x_prev):
                     status, message = run.stall(k, x, Lf, L0, "the last update was zero (no step length along "
                                                 "the direction lowers L, or the inverse returned x itself)")
                     break
-                if xtol is not None and Lf > 0:
+                if xtol is not None:
                     dx = x - x_prev if dx is None else dx
                     if float(torch.linalg.vector_norm(dx)) <= xtol * (xtol + float(torch.linalg.vector_norm(x))):
                         status, message = E.CONVERGED, (f"reached ||dx|| <= xtol (xtol + ||x||), xtol = {xtol:g}, "

@@ -403,6 +403,17 @@ def test_one_sample_bad_x0_raises_the_same_error(method, bad):
     assert errs[0] == errs[1] and issubclass(errs[0][0], (TypeError, ValueError, physgrad.PhysgradError))
 
 
+@pytest.mark.parametrize("kw", [dict(xtol=1e-3), dict(gtol=1e-9), dict(atol=0.0), dict(tol=0.0), {}])
+def test_a_run_that_hits_the_solution_exactly_ends_alike_single_and_batched(kw):
+    # pg with the exact inverse reaches L = 0 at step 1, then takes zero updates: xtol (and gtol,
+    # atol = 0, tol = 0) is met at once, without them the run goes on to the step limit
+    p, x0, pb, xb = _one_sample()
+    rs = optimize(p, x0, "pg", steps=6, progress=False, **kw)
+    rb = optimize(pb, xb, "pg", steps=6, progress=False, **kw)
+    assert float(rs.losses[1]) == 0.0 and rs.success and bool(rb.success[0])
+    assert rs.nit == rb.nit == (6 if not kw else 2 if "xtol" in kw else 1), (rs.message, rb.message)
+
+
 def test_step_limit_at_defaults_is_not_a_success_single_and_batched():
     p, x0, pb, xb = _one_sample()
     rs = optimize(p, x0, "gd", steps=5, step_size=0.01, tol=1e-12, progress=False)
