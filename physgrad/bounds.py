@@ -32,6 +32,10 @@ number for a bound at 0), as it does with an ``x0`` on a bound. ``tol`` and ``at
 always; ``gtol`` and ``xtol`` measure the gradient and the step in ``z``. ``Result.x`` and
 ``Result.xs`` are in ``x``, and so is ``Result.grad_norm`` (at a solution on a bound it is not
 zero).
+
+A batched problem takes the same arguments: ``lo``, ``hi`` and ``x_scale`` broadcast to ``x0``'s
+shape ``(B, ...)``, so they are shared by every sample (shape of one sample) or given per sample;
+``x_scale="jac"`` uses each sample's own Jacobian.
 """
 
 from __future__ import annotations
@@ -131,8 +135,13 @@ def _box_for(problem, x0: Tensor, bounds, x_scale) -> BoxMap:
         from .problem import count_calls
 
         with count_calls(isolated=True):
-            J = problem.jacobian(x0)
-        cn = torch.linalg.vector_norm(J, dim=0).reshape(x0.shape)
+            if getattr(problem, "batched", False):  # every sample's own Jacobian (B, m, n)
+                from .views import BatchView
+
+                J = BatchView(problem, x0).jacobian(x0.reshape(x0.shape[0], -1))
+            else:
+                J = problem.jacobian(x0).unsqueeze(0)
+        cn = torch.linalg.vector_norm(J, dim=-2).reshape(x0.shape)
         s = torch.where(cn > 0, 1 / cn, torch.ones_like(cn))
     else:
         s = _as_bound(x_scale, x0, 1.0, "x_scale")
@@ -148,8 +157,6 @@ def optimize_transformed(optimize, problem, x0, method="gd", steps=100, step_siz
                          x_scale=None, callback=None, **kw):
     """Run ``optimize`` on the reparametrized problem of the module docstring and map the
     :class:`~physgrad.optimize.Result` (also ``err.result`` of an exception) back to ``x``."""
-    if getattr(problem, "batched", False):
-        raise TypeError("bounds and x_scale are not supported for batched problems yet")
     x0 = problem.check_x(x0, "x0").detach()
     if x0.is_complex():
         raise TypeError("bounds and x_scale need a real x0")

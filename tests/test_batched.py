@@ -499,3 +499,25 @@ def test_a_simulator_with_trainable_weights_gives_plain_results_single_and_batch
     for b in range(2):
         torch.testing.assert_close(rb.xs[:, b], rs[b].xs, rtol=1e-10, atol=1e-12)
         assert int(rb.status[b]) == rs[b].status
+
+
+@pytest.mark.parametrize("method", list(physgrad.METHODS))
+def test_bounds_and_x_scale_in_a_batch_follow_each_samples_single_run(method):
+    # bounds shared (hi) or per sample (lo), x_scale shared or from each sample's Jacobian
+    p = toy.toy()
+    Y = torch.tensor([[1.0, 2.0], [0.5, 0.3], [2.0, 1.5]], dtype=D)
+    X0 = torch.tensor([[1.0, 1.0], [0.8, 0.9], [1.5, 1.2]], dtype=D)
+    lo, hi = torch.tensor([[0.5, 0.2], [0.1, 0.6], [0.0, 0.0]], dtype=D), torch.tensor([3.0, 3.0], dtype=D)
+    kw = dict(steps=8, progress=False, step_size=0.05 if physgrad.METHODS[method].learning_rate else None)
+    for extra in (dict(bounds=(lo, hi)), dict(x_scale=torch.tensor([1.0, 2.0], dtype=D)),
+                  dict(bounds=(lo, None), x_scale="jac")):
+        rb = optimize(Problem(p.forward, Y, p.inverse, batched=True), X0, method, **kw, **extra)
+        if "bounds" in extra:  # every iterate of every sample inside its own box
+            assert bool((rb.xs >= lo).all()) and (extra["bounds"][1] is None or bool((rb.xs <= hi).all()))
+        for b in range(3):
+            e = dict(extra, bounds=(lo[b], extra["bounds"][1])) if "bounds" in extra else extra
+            rs = optimize(Problem(p.forward, Y[b], p.inverse), X0[b], method, **kw, **e)
+            assert int(rb.status[b]) == rs.status and int(rb.nits[b]) == rs.nit, (rs.message, rb.message)
+            torch.testing.assert_close(rb.xs[: rs.nit + 1, b], rs.xs, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="outside the bounds"):
+        optimize(Problem(p.forward, Y, p.inverse, batched=True), X0, method, bounds=(lo, 1.2), **kw)
