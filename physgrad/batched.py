@@ -135,7 +135,7 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
              tol: Optional[float] = None, atol: Optional[float] = None, gtol: Optional[float] = None,
              xtol: Optional[float] = None, callback: Optional[Callable] = None, progress: Optional[bool] = None,
              time_budget: Optional[float] = None, on_nonfinite: str = "raise", keep_xs: bool = True, state=None,
-             **options) -> BatchResult:
+             check_derivatives: bool = False, **options) -> BatchResult:
     r"""Run ``method`` on every sample of a batched problem at once (see the module docstring).
 
     Same arguments and checks as :func:`physgrad.optimize`, with these per-sample meanings:
@@ -153,13 +153,6 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
     x = problem.check_x(x0, "x0").detach().clone()
     view = BatchView(problem, x)
     B = view.B
-    x = x.reshape(B, view.n)
-    y = view.P(x)
-    U.check_dtypes(spec, x, y)
-    if spec.matrix and not (method == "ig" and kw.get("solver") in ("lsqr", "cg")):
-        k = view.n if spec.matrix == "nn" else view.m
-        check_memory(B * _dense_bytes(k, view.n, x.dtype), f"the {B} per-sample {k}x{view.n} matrices of "
-                                                            f"batched {method!r}")
     if state is None:
         state = spec.make_state(kw, state_kw)
     elif isinstance(state, U.LMState):
@@ -167,7 +160,15 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
     guard = spec.growth_guard and state is None
     dev = x.device
     with count_calls() as counts:
-        view.count("forward")
+        if x.numel():  # the entrance checks of a single run, on the batch as one function of x
+            problem._entrance(x, method, options, check_derivatives)
+        y = problem.simulate(x).reshape(B, -1)  # (the entrance's trial P(x0), if it made one)
+        x = x.reshape(B, view.n)
+        U.check_dtypes(spec, x, y)
+        if spec.matrix and not (method == "ig" and kw.get("solver") in ("lsqr", "cg")):
+            k = view.n if spec.matrix == "nn" else view.m
+            check_memory(B * _dense_bytes(k, view.n, x.dtype), f"the {B} per-sample {k}x{view.n} matrices of "
+                                                                f"batched {method!r}")
         L = view._half_sq(y - view.Y).detach()
         if not bool(torch.isfinite(L).all()):
             bad = torch.nonzero(~torch.isfinite(L)).flatten().tolist()
@@ -202,6 +203,8 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                 if not bool(active.any()):
                     message = f"every sample stopped after {k} steps"
                     break
+                if y is not None:
+                    view.remember(x, y)  # pg starts from P(x_k) of the last loss evaluation
                 step = spec.kernel(view, x, step_size, active, state, **kw)
                 fail = torch.where(active, step.fail if step.fail is not None else 0, 0)
                 if step.dx is not None:
@@ -211,14 +214,17 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                     active[:, None], step.dx, torch.zeros_like(step.dx))
                 x_new = torch.where(active[:, None], x_step, x)
                 if gtol is None:
-                    L_new = view.losses(x_new)
+                    y_new = view.simulate(x_new)
+                    L_new = view._half_sq(y_new - view.Y)
                 else:
-                    L_new, g_new = view.value_and_grad(x_new)
+                    (L_new, g_new), y_new = view.value_and_grad(x_new), None
                 bad = active & ~torch.isfinite(L_new)
                 freeze(bad, E.NONFINITE)
                 x_new, L_new = torch.where(bad[:, None], x, x_new), torch.where(bad, L, L_new)
+                if y_new is not None:  # (a sample sent back to x_k keeps P(x_k))
+                    y_new = torch.where(bad[:, None], y, y_new)
                 nits = nits + active.long()
-                x_prev, L_prev, x, L = x, L, x_new, L_new
+                x_prev, L_prev, x, L, y = x, L, x_new, L_new, y_new
                 if keep_xs:
                     rec["xs"].append(x.clone())
                 rec["losses"].append(L.clone())

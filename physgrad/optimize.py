@@ -250,7 +250,8 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
         from . import batched
         return batched.optimize(problem, x0, method, steps, step_size, tol=tol, atol=atol, gtol=gtol, xtol=xtol,
                                 callback=callback, progress=progress, time_budget=time_budget,
-                                on_nonfinite=on_nonfinite, keep_xs=keep_xs, state=state, **options)
+                                on_nonfinite=on_nonfinite, keep_xs=keep_xs, state=state,
+                                check_derivatives=check_derivatives, **options)
     spec, step_size, tols, kw, state_kw = U.check_run(
         method, steps, step_size, dict(tol=tol, atol=atol, gtol=gtol, xtol=xtol), time_budget, on_nonfinite,
         options, state)

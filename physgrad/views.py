@@ -147,6 +147,7 @@ class BatchView:
         self.Y = problem.target_like(x0).reshape(self.B, -1)
         self.m = self.Y.shape[1]
         self.n = x0[0].numel()
+        self._cx = self._cy = None
 
     def count(self, key: str, k: int = 1) -> None:
         self.problem._count(key, k)
@@ -161,9 +162,21 @@ class BatchView:
                              f"{tuple(self.problem.target.shape)}")
         return y.reshape(self.B, -1)
 
-    def residual(self, xf: Tensor) -> Tensor:
+    def simulate(self, xf: Tensor) -> Tensor:
+        """``P(x)`` ``(B, m)``, counted."""
         self.count("forward")
-        return _plain(self.P(xf) - self.Y)
+        return _plain(self.P(xf))
+
+    def remember(self, xf: Tensor, y: Tensor) -> None:
+        """Keep ``y = P(xf)`` (computed by the loop) for the kernel that asks for it."""
+        self._cx, self._cy = xf, y
+
+    def output(self, xf: Tensor) -> Tensor:
+        """``P(xf)`` ``(B, m)``: the remembered one if ``xf`` is the remembered point."""
+        return self._cy if xf is self._cx else self.simulate(xf)
+
+    def residual(self, xf: Tensor) -> Tensor:
+        return self.simulate(xf) - self.Y
 
     @staticmethod
     def _half_sq(r: Tensor) -> Tensor:
@@ -175,6 +188,7 @@ class BatchView:
 
     def value_and_grad(self, xf: Tensor):
         self.count("grad")
+        self.count("forward")  # (as one problem counts the forward of its gradient)
         xr = xf.detach().requires_grad_(True)
         with torch.enable_grad():
             L = self._half_sq(self.P(xr) - self.Y)
@@ -194,6 +208,7 @@ class BatchView:
 
         self.count("grad")
         self.count("hessian")
+        self.count("forward")
         xf = xf.detach()
 
         def total_grad(z):
@@ -221,8 +236,7 @@ class BatchView:
             raise MissingInverseError(
                 "method 'pg' needs a local inverse simulator; for a batched problem pass one that maps "
                 "(B, m) targets and (B, n) starts to (B, n), e.g. physgrad.inverse.numerical_inverse(P)")
-        y0 = self.P(x)
-        self.count("forward")
+        y0 = self.output(x)  # (P(x_k) of the loop's last loss evaluation)
         # the same fused intermediate target as a single problem (y* itself at η = 1)
         y = torch.lerp(y0, self.Y.to(y0), eta)
         prob._count("inverse")

@@ -357,7 +357,7 @@ def test_option_table_covers_every_declared_option():
 
 @pytest.mark.parametrize("method,kw", _option_cases(), ids=[f"{m}-{kw}" for m, kw in _option_cases()])
 def test_one_sample_batched_run_ends_like_the_single_run(method, kw):
-    """The same status and success, single vs batched with B = 1, at the step limit and at tol."""
+    """The same status, success and call counts, single vs batched with B = 1, at the step limit and at tol."""
     p, x0, pb, xb = _one_sample()
     for run in (dict(steps=2), dict(steps=40, tol=1e-12)):
         rs = optimize(p, x0, method, progress=False, **run, **kw)
@@ -365,6 +365,7 @@ def test_one_sample_batched_run_ends_like_the_single_run(method, kw):
         assert int(rb.status[0]) == rs.status, (rs.message, rb.message)
         assert bool(rb.success[0]) == rs.success == (rs.status == 0)
         torch.testing.assert_close(rb.x[0], rs.x, rtol=RTOL, atol=TOL)
+        assert rb.counts == rs.counts  # the same calls of the simulator and its derivatives
 
 
 BAD_INPUTS = [dict(step_size=True), dict(step_size=-1.0), dict(step_size="1"), dict(tol=float("inf")),
@@ -521,3 +522,40 @@ def test_bounds_and_x_scale_in_a_batch_follow_each_samples_single_run(method):
             torch.testing.assert_close(rb.xs[: rs.nit + 1, b], rs.xs, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="outside the bounds"):
         optimize(Problem(p.forward, Y, p.inverse, batched=True), X0, method, bounds=(lo, 1.2), **kw)
+
+
+class _WrongGrad(torch.autograd.Function):
+    """y = 2x with a backward that says 3: only a derivative check can tell."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return 3 * g
+
+
+def _writes_into_x(x):
+    x.mul_(2.0)
+    return x * 1.0
+
+
+def _cuts_the_graph(x):
+    return x.detach() * 2.0
+
+
+@pytest.mark.parametrize("method", ["gd", "lbfgs", "ig", "hig"])
+@pytest.mark.parametrize("forward,kw", [(_writes_into_x, {}), (_cuts_the_graph, {}),
+                                        (_WrongGrad.apply, dict(check_derivatives=True))],
+                         ids=["writes-into-x", "cuts-the-graph", "wrong-derivative"])
+def test_a_broken_forward_is_refused_alike_single_and_batched(method, forward, kw):
+    # the entrance checks run for a batch too (before, a batch ran on, or failed deep in torch)
+    Y = torch.tensor([[1.0, 2.0]], dtype=D)
+    errs = []
+    for prob, x in ((Problem(forward, Y[0]), torch.ones(2, dtype=D)), (Problem(forward, Y, batched=True),
+                                                                       torch.ones(1, 2, dtype=D))):
+        with pytest.raises(Exception) as ei:
+            optimize(prob, x, method, steps=2, step_size=0.1, progress=False, **kw)
+        errs.append((type(ei.value), str(ei.value)))
+    assert errs[0] == errs[1] and issubclass(errs[0][0], (TypeError, ValueError))
