@@ -245,7 +245,9 @@ class Problem:
         adam, bfgs and lbfgs need ``vjp`` (or ``jacobian``); matrix-free ig needs ``vjp`` and
         ``jvp``; the dense methods (ig, hig, LM) use ``jacobian`` or assemble ``J`` from
         ``x.numel()`` jvps or ``y.numel()`` vjps within the memory budget; newton is refused.
-        ``jacobian_mode`` does not apply. Not for batched problems.
+        ``jacobian_mode`` does not apply. For a batched problem, ``vjp`` and ``jvp`` act on the
+        whole batch, ``(B, ...)`` to ``(B, ...)``, row by row (a per-sample ``jacobian`` is not
+        supported there: the Jacobians are assembled from ``n`` batched jvps or ``m`` batched vjps).
 
     Notes
     -----
@@ -317,9 +319,10 @@ class Problem:
             raise ValueError(f"jacobian_mode must be one of {_JACOBIAN_MODES}, got {self.jacobian_mode!r}")
         if self.batched and self.target.ndim < 2:
             raise ShapeError(f"a batched problem needs a target of shape (B, m); got {tuple(self.target.shape)}")
-        if self.batched and self.simulator is not None:
-            raise TypeError("user-supplied derivatives (vjp=/jvp=/jacobian=, or a Simulator) are not supported "
-                            "for batched problems yet; solve the samples one by one")
+        if self.batched and self.simulator is not None and self.simulator.has("jacobian"):
+            raise TypeError("a batched problem takes user derivatives as vjp= and/or jvp= acting on the whole "
+                            "batch (B, ...) -> (B, ...); jacobian= is not supported there (the per-sample Jacobians "
+                            "are assembled from batched jvps or vjps)")
 
     # ------------------------------------------------------------------ helpers
     def _count(self, key: str, k: int = 1) -> None:

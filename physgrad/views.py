@@ -189,6 +189,11 @@ class BatchView:
     def value_and_grad(self, xf: Tensor):
         self.count("grad")
         self.count("forward")  # (as one problem counts the forward of its gradient)
+        sim = self.problem.simulator
+        if sim is not None:  # every sample's J^T r from one batched vjp of the user's
+            r = _plain(self.P(xf.detach())) - self.Y
+            g = sim.vjp(xf.detach().reshape(self.x_shape), r.reshape(self.problem.target.shape))
+            return self._half_sq(r), g.reshape(self.B, -1)
         xr = xf.detach().requires_grad_(True)
         with torch.enable_grad():
             L = self._half_sq(self.P(xr) - self.Y)
@@ -197,6 +202,8 @@ class BatchView:
 
     def jacobian(self, xf: Tensor) -> Tensor:
         self.count("jacobian")
+        if self.problem.simulator is not None:
+            return self._user_jacobian(xf)
         mode = self.problem.jacobian_mode
         if mode not in ("fwd", "rev"):
             mode = "fwd" if self.n <= self.m else "rev"
@@ -218,10 +225,40 @@ class BatchView:
         H, g = jacfwd(total_grad, has_aux=True)(torch.zeros(self.n, dtype=xf.dtype, device=xf.device))
         return _plain(g.to(xf.dtype)), _plain(H.to(xf.dtype))
 
+    def _user_jacobian(self, xf: Tensor) -> Tensor:
+        """Per-sample Jacobians ``(B, m, n)`` from the user's batched products: column ``j`` of
+        every sample from one jvp with ``e_j`` in every row (``n`` jvps), or row ``i`` from one vjp
+        (``m`` vjps), whichever is fewer (as one problem assembles its Jacobian)."""
+        sim, shape, tshape = self.problem.simulator, self.x_shape, self.problem.target.shape
+        x = xf.detach().reshape(shape)
+        B, n, m = self.B, self.n, self.m
+        if sim.has("jvp") and (n <= m or not sim.has("vjp")):
+            self.count("jvp", n)
+            e = torch.zeros(B, n, dtype=xf.dtype, device=xf.device)
+            cols = []
+            for j in range(n):
+                e[:, j] = 1
+                cols.append(sim.jvp(x, e.reshape(shape).clone()).reshape(B, m))
+                e[:, j] = 0
+            return torch.stack(cols, -1) if cols else xf.new_zeros(B, m, 0)
+        self.count("vjp", m)
+        u = torch.zeros(B, m, dtype=xf.dtype, device=xf.device)
+        rows = []
+        for i in range(m):
+            u[:, i] = 1
+            rows.append(sim.vjp(x, u.reshape(tshape).clone()).reshape(B, n))
+            u[:, i] = 0
+        return torch.stack(rows, -2) if rows else xf.new_zeros(B, 0, n)
+
     def gauss_newton_product(self, xf: Tensor, v: Tensor) -> Tensor:
         """Every sample's ``J_b^T J_b v_b`` ``(B, n)`` (one jvp and one vjp of the batched forward)."""
         self.count("jvp")
         self.count("vjp")
+        sim = self.problem.simulator
+        if sim is not None:
+            x = xf.detach().reshape(self.x_shape)
+            Jv = sim.jvp(x, v.reshape(self.x_shape)).reshape(self.problem.target.shape)
+            return sim.vjp(x, Jv).reshape(self.B, -1)
         Jv = torch.func.jvp(self.P, (xf.detach(),), (v,))[1]
         xr = xf.detach().requires_grad_(True)
         with torch.enable_grad():

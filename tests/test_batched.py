@@ -559,3 +559,50 @@ def test_a_broken_forward_is_refused_alike_single_and_batched(method, forward, k
             optimize(prob, x, method, steps=2, step_size=0.1, progress=False, **kw)
         errs.append((type(ei.value), str(ei.value)))
     assert errs[0] == errs[1] and issubclass(errs[0][0], (TypeError, ValueError))
+
+
+def _np_batch_simulator():
+    # a numpy simulator with its own adjoint and tangent, written for any leading batch shape
+    import numpy as np
+    from physgrad.external import numpy_simulator
+
+    A = np.array([[2.0, 0.5, 0.0], [0.3, 1.5, 0.2]])
+
+    def vjp(x, u):
+        g = u @ A
+        g[..., :2] += 0.3 * x[..., :2] ** 2 * u
+        return g
+
+    return numpy_simulator(lambda x: x @ A.T + 0.1 * x[..., :2] ** 3, vjp=vjp,
+                           jvp=lambda x, v: v @ A.T + 0.3 * x[..., :2] ** 2 * v[..., :2])
+
+
+@pytest.mark.parametrize("method,kw", [("gd", dict(step_size=0.05)), ("adam", dict(step_size=0.05)), ("bfgs", {}),
+                                       ("lbfgs", {}), ("ig", {}), ("ig", dict(solver="lsqr")),
+                                       ("ig", dict(damping="auto")), ("hig", {}), ("newton", {})])
+def test_user_derivatives_in_a_batch_follow_each_samples_single_run(method, kw):
+    # vjp/jvp act on the whole batch; the per-sample Jacobians are assembled from batched products
+    sim = _np_batch_simulator()
+    Y = torch.tensor([[1.0, 2.0], [0.5, -1.0], [0.0, 0.3]], dtype=D)
+    X0 = torch.tensor([[0.1, 0.2, 0.0], [0.5, 0.5, 0.5], [0.0, 0.0, 0.0]], dtype=D)
+    if method == "newton":  # refused alike: no second derivatives from first ones
+        errs = []
+        for prob, x in ((Problem(sim, Y[0]), X0[0]), (Problem(sim, Y, batched=True), X0)):
+            with pytest.raises(TypeError) as ei:
+                optimize(prob, x, method, steps=3, progress=False)
+            errs.append(str(ei.value))
+        assert errs[0] == errs[1]
+        return
+    rb = optimize(Problem(sim, Y, batched=True), X0, method, steps=3, progress=False, **kw)
+    for b in range(3):
+        rs = optimize(Problem(sim, Y[b]), X0[b], method, steps=3, progress=False, **kw)
+        assert int(rb.status[b]) == rs.status and int(rb.nits[b]) == rs.nit, (rs.message, rb.message)
+        torch.testing.assert_close(rb.xs[: rs.nit + 1, b], rs.xs, rtol=1e-10, atol=1e-12)
+    r1 = optimize(Problem(sim, Y[:1], batched=True), X0[:1], method, steps=3, progress=False, **kw)
+    assert r1.counts == optimize(Problem(sim, Y[0]), X0[0], method, steps=3, progress=False, **kw).counts
+
+
+def test_a_batched_problem_refuses_a_per_sample_jacobian_in_plain_words():
+    with pytest.raises(TypeError, match="jacobian= is not supported"):
+        Problem(lambda x: 2 * x, torch.ones(2, 2, dtype=D), jacobian=lambda x: 2 * torch.eye(2, dtype=D),
+                batched=True)

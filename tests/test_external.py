@@ -178,8 +178,8 @@ def test_what_user_derivatives_cannot_do_is_refused_up_front():
         physgrad.optimize(only_jvp, x0, "lbfgs")
     with pytest.raises(TypeError, match="jvp"):
         physgrad.optimize(only_vjp, x0, "ig", solver="lsqr")
-    with pytest.raises(TypeError, match="batched"):
-        physgrad.Problem(ref.forward, ref.target.expand(2, 2), vjp=vjp, batched=True)
+    with pytest.raises(TypeError, match="batched problem takes user derivatives as vjp= and/or jvp="):
+        physgrad.Problem(ref.forward, ref.target.expand(2, 2), jacobian=lambda x: torch.eye(2, dtype=D), batched=True)
     with pytest.raises(TypeError, match="not both"):
         physgrad.Problem(Simulator(ref.forward, vjp=vjp), ref.target, jvp=jvp)
     with pytest.raises(TypeError, match="at least one derivative"):
