@@ -22,7 +22,17 @@ what a batch needs:
 
 Each sample follows the trajectory that the single-problem :func:`physgrad.optimize` would give
 it, up to round-off. The arguments are checked by the same code as for one problem, with the
-same errors.
+same errors. Three things are shared by the samples, by design:
+
+* ``gd`` and ``adam`` without ``step_size`` take one learning rate for the batch, the smallest of
+  the samples' heuristic values (every sample stays stable); pass ``step_size`` for per-sample
+  paths that match single runs;
+* ``ig`` with ``solver="lsqr"``/``"cg"`` runs one Krylov solve for the block-diagonal system of
+  all samples: where it stops before converging (``maxiter``, a loose ``solver_tol``) a sample's
+  step can differ from its single run's;
+* ``adam`` is torch's implementation with one step count for the batch: a warm start
+  (``state=``) of a batch whose samples stopped at different steps does not continue each of
+  them exactly as its own warm start would (bfgs, lbfgs and LM do).
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import torch
 
 from . import errors as E
 from . import updates as U
-from .errors import NonFiniteError, PhysgradError
+from .errors import PhysgradError
 from .problem import _dense_bytes, check_memory, count_calls
 from .views import BatchView, batch_jacobian  # noqa: F401 (batch_jacobian: public here)
 
@@ -172,7 +182,7 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
         L = view._half_sq(y - view.Y).detach()
         if not bool(torch.isfinite(L).all()):
             bad = torch.nonzero(~torch.isfinite(L)).flatten().tolist()
-            raise NonFiniteError(f"the loss at x0 is not finite for sample(s) {bad[:10]}: P(x0) is not finite there")
+            raise E.nonfinite_start(float(L[bad[0]]), bad if B > 1 else None)
         if step_size is None:  # gd / adam: the heuristic at x0, the smallest over the samples
             step_size = U.default_learning_rate(method, view, x)
         L0, X0 = L.clone(), x.clone()
@@ -251,7 +261,7 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                 if bool(stalled.any()):
                     freeze(stalled, torch.where(_at_precision(view, x, X0, L, L0), E.CONVERGED, E.STALLED))
                 phase = "callback"
-                if callback is not None and callback(k, x.reshape(view.x_shape), L):
+                if callback is not None and callback(k, x.reshape(view.x_shape).clone(), L.clone()):
                     message = f"stopped by callback after {k + 1} steps"
                     freeze(active, E.CALLBACK)
                     break
@@ -260,7 +270,7 @@ def optimize(problem, x0: Tensor, method: str = "gd", steps: int = 100, step_siz
                     freeze(active, E.TIME_BUDGET)
                     break
             else:
-                if steps and not bool(active.any()):
+                if not bool(active.any()):
                     message = f"every sample stopped after {len(rec['losses']) - 1} steps"
         except (Exception, KeyboardInterrupt) as e:
             where = f"in the callback after step {k + 1}" if phase == "callback" else f"at step {k + 1}"

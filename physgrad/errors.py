@@ -76,3 +76,10 @@ class InverseSimulatorError(PhysgradError, RuntimeError):
 
 class MemoryBudgetError(PhysgradError, MemoryError):
     """An allocation (e.g. a dense Jacobian) would exceed the configured memory budget."""
+
+
+def nonfinite_start(L0: float, samples=None) -> "NonFiniteError":
+    """The error of a start whose loss is not finite (one problem, or the listed samples of a
+    batch), in the same words for both."""
+    where = "" if samples is None else f" in sample(s) {list(samples)[:10]}"
+    return NonFiniteError(f"the loss at x0 is {L0}{where}: the simulator output P(x0) is not finite")

@@ -277,7 +277,7 @@ def optimize(problem: Problem, x0: Tensor, method: str = "gd", steps: int = 100,
             S = S.detach()
         L0 = 0.5 * float(S)
         if not math.isfinite(L0):
-            raise NonFiniteError(f"the loss at x0 is {L0}: the simulator output P(x0) is not finite")
+            raise E.nonfinite_start(L0)
         if step_size is None:  # gd / adam without a step size: the documented heuristic at x0
             step_size = U.default_learning_rate(method, view, x.reshape(1, -1))
         run = _Run(x, L0, S.dtype, method, step_size, kw, state_kw, counts, keep_xs, problem)

@@ -233,8 +233,9 @@ class Problem:
         autograd, one backward per output entry, no ``torch.func`` (for few outputs).
 
     batched:
-        ``True`` declares ``B`` independent problems: x has shape ``(B, n)``, ``P(x)`` and the
-        target ``(B, m)``, and row ``b`` of ``P(x)`` depends on row ``b`` of x only.
+        ``True`` declares ``B`` independent problems: x has shape ``(B, ...)`` (e.g. ``(B, n)``,
+        or ``(B,)`` for one unknown per sample), ``P(x)`` and the target ``(B, ...)``, and row
+        ``b`` of ``P(x)`` depends on row ``b`` of x only.
         :func:`physgrad.optimize` then solves all samples at once (:mod:`physgrad.batched`).
     vjp, jvp, jacobian:
         Keyword-only: derivatives supplied by the user, for a simulator outside torch or with
@@ -317,8 +318,9 @@ class Problem:
         check_finite(self.target, "target y*")
         if self.jacobian_mode not in _JACOBIAN_MODES:
             raise ValueError(f"jacobian_mode must be one of {_JACOBIAN_MODES}, got {self.jacobian_mode!r}")
-        if self.batched and self.target.ndim < 2:
-            raise ShapeError(f"a batched problem needs a target of shape (B, m); got {tuple(self.target.shape)}")
+        if self.batched and self.target.ndim < 1:
+            raise ShapeError(f"a batched problem needs a target of shape (B, ...), e.g. (B, m) or (B,); got "
+                             f"{tuple(self.target.shape)}")
         if self.batched and self.simulator is not None and self.simulator.has("jacobian"):
             raise TypeError("a batched problem takes user derivatives as vjp= and/or jvp= acting on the whole "
                             "batch (B, ...) -> (B, ...); jacobian= is not supported there (the per-sample Jacobians "

@@ -330,7 +330,10 @@ def _quasi_newton(view, x, eta, active, st, line_search="wolfe"):
         st._update(x - st.x_prev, g - st.g_prev, active)
     p = st._direction(g)
     t = _search(line_search, view, x, L, g, p, st._first_length(g, eta), active)
-    st.x_prev, st.g_prev = x.clone(), g.clone()
+    if active is None or st.x_prev is None:
+        st.x_prev, st.g_prev = x.clone(), g.clone()
+    else:  # a frozen sample keeps the point of its last step: a warm start goes on from there, as one problem's
+        st.x_prev, st.g_prev = torch.where(active[:, None], x, st.x_prev), torch.where(active[:, None], g, st.g_prev)
     return Step(t[:, None] * p)
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import InverseSimulatorError, MissingInverseError, PhysgradError, ShapeError
-from .problem import squared_norm
+from .problem import _autograd_jacobian, _explain_random, squared_norm
 
 __all__ = ["SingleView", "BatchView", "batch_jacobian"]
 
@@ -110,7 +110,10 @@ def batch_jacobian(forward: Callable[[Tensor], Tensor], x: Tensor, mode: str = "
     ``forward`` maps ``(B, n) -> (B, m)`` with independent rows. ``mode="fwd"`` differentiates
     ``z ↦ P(x + z)`` for one shared ``z`` of shape ``(n,)`` (``n`` batched JVPs); ``"rev"``
     differentiates ``x ↦ Σ_b P(x)_b`` (``m`` batched VJPs). ``"auto"`` picks forward mode when
-    ``n <= m``. Both are exact for independent samples and cost ``O(B)`` memory."""
+    ``n <= m``. ``"autograd"``: ``m`` plain backward passes of ``Σ_b P(x)_{b,i}`` (no
+    :mod:`torch.func`: for a forward that draws random numbers or a classic
+    :class:`torch.autograd.Function`). All are exact for independent samples and cost ``O(B)``
+    memory."""
     from torch.func import jacfwd, jacrev
 
     B, n = x.shape
@@ -123,8 +126,10 @@ def batch_jacobian(forward: Callable[[Tensor], Tensor], x: Tensor, mode: str = "
         J = jacfwd(lambda z: forward(x + z))(z0)
     elif mode == "rev":
         J = jacrev(lambda xx: forward(xx).sum(0))(x).permute(1, 0, 2)
+    elif mode == "autograd":  # as for one problem, on x ↦ Σ_b P(x)_b
+        J = _autograd_jacobian(lambda xx: forward(xx).sum(0), x).reshape(-1, B, n).permute(1, 0, 2)
     else:
-        raise ValueError(f"mode must be 'auto', 'fwd' or 'rev', got {mode!r}")
+        raise ValueError(f"mode must be 'auto', 'fwd', 'rev' or 'autograd', got {mode!r}")
     return J.to(x.dtype)
 
 
@@ -135,12 +140,12 @@ class BatchView:
 
     def __init__(self, problem, x0: Tensor):
         self.problem = problem
-        if x0.ndim < 2 or x0.shape[0] == 0:
-            raise ShapeError(f"a batched problem needs x0 of shape (B, n) (or (B, ...)) with B >= 1; got "
-                             f"{tuple(x0.shape)}")
+        if x0.ndim < 1 or x0.shape[0] == 0:
+            raise ShapeError(f"a batched problem needs x0 of shape (B, ...) with B >= 1 (e.g. (B, n), or (B,) for "
+                             f"one unknown per sample); got {tuple(x0.shape)}")
         tgt = problem.target
-        if tgt.ndim < 2 or tgt.shape[0] != x0.shape[0]:
-            raise ShapeError(f"a batched problem needs a target of shape (B, m) with B = x0.shape[0] = "
+        if tgt.ndim < 1 or tgt.shape[0] != x0.shape[0]:
+            raise ShapeError(f"a batched problem needs a target of shape (B, ...) with B = x0.shape[0] = "
                              f"{x0.shape[0]}; got {tuple(tgt.shape)}")
         self.B = x0.shape[0]
         self.x_shape = tuple(x0.shape)
@@ -205,9 +210,9 @@ class BatchView:
         if self.problem.simulator is not None:
             return self._user_jacobian(xf)
         mode = self.problem.jacobian_mode
-        if mode not in ("fwd", "rev"):
+        if mode == "auto":
             mode = "fwd" if self.n <= self.m else "rev"
-        return _plain(batch_jacobian(self.P, xf, mode))
+        return _plain(_explain_random(batch_jacobian, self.P, xf, mode))
 
     def grad_and_hessian(self, xf: Tensor):
         """Per-sample gradients ``(B, n)`` and Hessians ``(B, n, n)`` (forward over reverse)."""
@@ -222,7 +227,7 @@ class BatchView:
             g = torch.func.grad(lambda xx: self._half_sq(self.P(xx) - self.Y).sum())(xf + z)
             return g, g
 
-        H, g = jacfwd(total_grad, has_aux=True)(torch.zeros(self.n, dtype=xf.dtype, device=xf.device))
+        H, g = _explain_random(jacfwd(total_grad, has_aux=True), torch.zeros(self.n, dtype=xf.dtype, device=xf.device))
         return _plain(g.to(xf.dtype)), _plain(H.to(xf.dtype))
 
     def _user_jacobian(self, xf: Tensor) -> Tensor:

@@ -213,7 +213,7 @@ def test_batched_numerical_inverse_matches_single():
 def test_batch_jacobian_matches_per_sample_jacobians():
     g = torch.Generator().manual_seed(3)
     X = torch.randn(4, 3, generator=g, dtype=D)
-    for mode in ("fwd", "rev"):
+    for mode in ("fwd", "rev", "autograd"):
         J = batch_jacobian(_curve, X, mode)
         assert J.shape == (4, 4, 3)
         for b in range(4):
@@ -256,8 +256,10 @@ def test_memory_is_linear_in_the_batch(method, kw):
 
 def test_validation():
     Y = torch.zeros(3, 2, dtype=D)
-    with pytest.raises(physgrad.ShapeError):
-        Problem(lambda x: x, torch.zeros(2, dtype=D), batched=True)
+    with pytest.raises(physgrad.ShapeError, match=r"shape \(B, \.\.\.\)"):  # a 0-dim target has no batch axis
+        Problem(lambda x: x, torch.zeros((), dtype=D), batched=True)
+    with pytest.raises(physgrad.ShapeError, match="x0 of shape"):
+        optimize(Problem(lambda x: x, torch.zeros(1, dtype=D), batched=True), torch.zeros((), dtype=D), "gd", steps=1)
     bp = Problem(lambda x: x, Y, batched=True)
     with pytest.raises(physgrad.ShapeError):
         optimize(bp, torch.zeros(4, 2, dtype=D), "ig", steps=1)
@@ -606,3 +608,92 @@ def test_a_batched_problem_refuses_a_per_sample_jacobian_in_plain_words():
     with pytest.raises(TypeError, match="jacobian= is not supported"):
         Problem(lambda x: 2 * x, torch.ones(2, 2, dtype=D), jacobian=lambda x: 2 * torch.eye(2, dtype=D),
                 batched=True)
+
+
+def test_the_callback_gets_copies_and_a_nonfinite_start_is_refused_alike():
+    p, x0, pb, xb = _one_sample()
+    # a callback that writes into what it is given cannot steer the run (single and batched)
+    plain = optimize(pb, xb, "gd", steps=3, step_size=0.1, progress=False)
+
+    def vandal(k, x, L):
+        x.zero_()
+        L.zero_()
+
+    rb = optimize(pb, xb, "gd", steps=3, step_size=0.1, progress=False, callback=vandal)
+    assert torch.equal(rb.xs, plain.xs) and torch.equal(rb.losses, plain.losses)
+    # P(x0) not finite: the same words at B = 1; a larger batch names the samples
+    nan_at_start = lambda x: x * float("nan")  # noqa: E731
+    msgs = []
+    for prob, x in ((Problem(nan_at_start, p.target), x0), (Problem(nan_at_start, pb.target, batched=True), xb)):
+        with pytest.raises(physgrad.NonFiniteError) as ei:
+            optimize(prob, x, "gd", steps=2, step_size=0.1, progress=False)
+        msgs.append(str(ei.value))
+    assert msgs[0] == msgs[1] and "P(x0) is not finite" in msgs[0]
+    Y2 = torch.cat([pb.target, pb.target])
+    with pytest.raises(physgrad.NonFiniteError, match=r"in sample\(s\) \[1\]"):
+        optimize(Problem(lambda x: x * torch.tensor([[1.0], [float("nan")]], dtype=D), Y2, batched=True),
+                 torch.cat([xb, xb]), "gd", steps=2, step_size=0.1, progress=False)
+    # steps=0 with x0 already converged: no "step limit" in the message of a converged batch
+    r0 = optimize(pb, xb, "gd", steps=0, atol=1e9, progress=False)
+    assert bool(r0.success[0]) and "step limit" not in r0.message
+
+
+@pytest.mark.parametrize("method", list(physgrad.METHODS))
+def test_one_unknown_and_one_observation_per_sample(method):
+    # x0 and the target of shape (B,): each sample is a scalar problem P(x) = x^3 + x = y*
+    fwd = lambda x: x ** 3 + x  # noqa: E731
+    Y, X0 = torch.tensor([2.0, 10.0, 0.5], dtype=D), torch.tensor([0.5, 1.0, 0.0], dtype=D)
+    kw = dict(steps=4, progress=False, step_size=0.02 if physgrad.METHODS[method].learning_rate else None)
+    rb = optimize(Problem(fwd, Y, numerical_inverse(fwd, batched=True), batched=True), X0, method, **kw)
+    assert rb.x.shape == (3,) and rb.losses.shape == (5, 3)
+    for b in range(3):
+        rs = optimize(Problem(fwd, Y[b], numerical_inverse(fwd)), X0[b], method, **kw)
+        assert int(rb.status[b]) == rs.status and int(rb.nits[b]) == rs.nit, (rs.message, rb.message)
+        torch.testing.assert_close(rb.xs[: rs.nit + 1, b], rs.xs, rtol=1e-9, atol=1e-12)
+
+
+class _ClassicFunction(torch.autograd.Function):
+    """A classic autograd.Function (forward and backward only): torch.func cannot run it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.stack([x[..., 0] + x[..., 1] ** 3, x[..., 1]], -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.stack([g[..., 0], 3 * x[..., 1] ** 2 * g[..., 0] + g[..., 1]], -1)
+
+
+def test_jacobian_mode_autograd_and_the_random_forward_hint_apply_to_batches():
+    Y, X0 = torch.tensor([[9.0, 2.0], [2.0, 1.0]], dtype=D), torch.tensor([[0.5, 1.5], [0.0, 0.5]], dtype=D)
+    rb = optimize(Problem(_ClassicFunction.apply, Y, batched=True, jacobian_mode="autograd"), X0, "ig", steps=3,
+                  progress=False)
+    for b in range(2):
+        rs = optimize(Problem(_ClassicFunction.apply, Y[b], jacobian_mode="autograd"), X0[b], "ig", steps=3,
+                      progress=False)
+        torch.testing.assert_close(rb.xs[:, b], rs.xs, rtol=1e-12, atol=1e-14)
+    noisy = lambda x: x + 1e-6 * torch.randn_like(x)  # noqa: E731
+    msgs = []
+    for prob, x in ((Problem(noisy, Y[0]), X0[0]), (Problem(noisy, Y[:1], batched=True), X0[:1])):
+        with pytest.raises(RuntimeError, match="draws random numbers") as ei:
+            optimize(prob, x, "ig", steps=2, progress=False)
+        msgs.append(str(ei.value))
+    assert msgs[0] == msgs[1]
+
+
+@pytest.mark.parametrize("method,S", [("lbfgs", physgrad.updates.LBFGSState), ("bfgs", physgrad.updates.BFGSState)])
+def test_a_warm_start_continues_each_sample_like_its_single_warm_start(method, S):
+    # sample 0 meets tol before sample 1: its state must stay where its own run left it
+    fwd = lambda x: torch.stack([x[..., 0] + x[..., 1] ** 3, torch.sinh(x[..., 1]) - x[..., 0]], -1)  # noqa: E731
+    Y, X0 = torch.tensor([[1.0, 0.5], [2.0, -1.0]], dtype=D), torch.tensor([[0.5, 0.5], [0.0, 0.0]], dtype=D)
+    sb = S()
+    r1 = optimize(Problem(fwd, Y, batched=True), X0, method, steps=4, state=sb, tol=0.01, progress=False)
+    r2 = optimize(Problem(fwd, Y, batched=True), r1.x, method, steps=4, state=sb, tol=0.01, progress=False)
+    assert int(r1.nits[0]) < int(r1.nits[1])
+    for b in range(2):
+        ss = S()
+        q1 = optimize(Problem(fwd, Y[b]), X0[b], method, steps=4, state=ss, tol=0.01, progress=False)
+        q2 = optimize(Problem(fwd, Y[b]), q1.x, method, steps=4, state=ss, tol=0.01, progress=False)
+        torch.testing.assert_close(r2.x[b], q2.x, rtol=1e-10, atol=1e-12)
