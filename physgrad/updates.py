@@ -115,26 +115,48 @@ def _gd(view, x, eta, active, st):
 
 @dataclass
 class AdamState:
-    """State of :func:`adam`: wraps :class:`torch.optim.Adam` on one parameter tensor."""
+    """State of :func:`adam`: the moments ``m``, ``v`` and the step count of every sample
+    (``(B, n)``, ``(B, n)``, ``(B,)``; a complex x keeps them for its real view). The update is
+    :class:`torch.optim.Adam`'s, operation for operation (the same numbers for one problem
+    in every dtype, and for each sample of a batch in float32 and float64), with one step count per sample, so that a sample of a batch, stopped early, is
+    continued by a warm start exactly as its own run would be."""
 
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
-    _param: Optional[Tensor] = None
-    _opt: Optional[torch.optim.Optimizer] = None
+    m: Optional[Tensor] = None
+    v: Optional[Tensor] = None
+    steps: Optional[list] = None
 
 
 def _adam(view, x, eta, active, st):
-    p = st._param
-    if p is None or p.shape != x.shape or p.dtype != x.dtype or p.device != x.device:
-        st._param = x.detach().clone().requires_grad_(True)
-        st._opt = torch.optim.Adam([st._param], lr=eta, betas=st.betas, eps=st.eps)
-    for group in st._opt.param_groups:
-        group["lr"] = eta
-    with torch.no_grad():
-        st._param.copy_(x)
-    st._param.grad = view.value_and_grad(x)[1].detach().clone()
-    st._opt.step()
-    return Step((st._param.detach() - x).clone())
+    b1, b2 = st.betas
+    xr = torch.view_as_real(x) if x.is_complex() else x
+    if st.m is None or st.m.shape != xr.shape or st.m.dtype != xr.dtype or st.m.device != xr.device:
+        st.m, st.v, st.steps = torch.zeros_like(xr), torch.zeros_like(xr), [0] * x.shape[0]
+    g = view.value_and_grad(x)[1]
+    g = torch.view_as_real(g) if g.is_complex() else g
+    if active is None:  # torch's in-place moment updates
+        st.m.lerp_(g, 1 - b1)
+        st.v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        st.steps = [k + 1 for k in st.steps]
+    else:  # only the running samples move on (a frozen sample keeps its moments and count)
+        rows = active.reshape(-1, *([1] * (xr.ndim - 1)))
+        st.m = torch.where(rows, st.m.lerp(g, 1 - b1), st.m)
+        st.v = torch.where(rows, st.v.mul(b2).addcmul_(g, g, value=1 - b2), st.v)
+        st.steps = [k + a for k, a in zip(st.steps, active.tolist())]
+    # per sample: step size η / (1 - β1^k) and sqrt(1 - β2^k), as torch forms them in double
+    per = [(-(eta / (1 - b1 ** k)), (1 - b2 ** k) ** 0.5) if k else (0.0, 1.0) for k in st.steps]
+    if len(per) == 1:  # one sample: the two numbers as Python scalars, exactly as torch passes them
+        (ns, c2), = per
+        x_new = xr.addcdiv(st.m, (st.v.sqrt() / c2).add_(st.eps), value=ns)
+    else:  # one per sample (half precision then rounds the product ns * m once more)
+        coef = torch.tensor(per, dtype=torch.float64).to(device=xr.device, dtype=xr.dtype)
+        shape = (-1,) + (1,) * (xr.ndim - 1)
+        denom = (st.v.sqrt() / coef[:, 1].reshape(shape)).add_(st.eps)
+        x_new = xr.addcdiv(coef[:, 0].reshape(shape) * st.m, denom)
+    if x.is_complex():
+        x_new = torch.view_as_complex(x_new)
+    return Step(x_new - x)
 
 
 def _newton(view, x, eta, active, st, fallback="raise", rcond=None, line_search="armijo"):

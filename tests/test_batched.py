@@ -683,17 +683,18 @@ def test_jacobian_mode_autograd_and_the_random_forward_hint_apply_to_batches():
     assert msgs[0] == msgs[1]
 
 
-@pytest.mark.parametrize("method,S", [("lbfgs", physgrad.updates.LBFGSState), ("bfgs", physgrad.updates.BFGSState)])
+@pytest.mark.parametrize("method,S", [("lbfgs", physgrad.updates.LBFGSState), ("bfgs", physgrad.updates.BFGSState),
+                                      ("adam", physgrad.updates.AdamState)])
 def test_a_warm_start_continues_each_sample_like_its_single_warm_start(method, S):
     # sample 0 meets tol before sample 1: its state must stay where its own run left it
     fwd = lambda x: torch.stack([x[..., 0] + x[..., 1] ** 3, torch.sinh(x[..., 1]) - x[..., 0]], -1)  # noqa: E731
     Y, X0 = torch.tensor([[1.0, 0.5], [2.0, -1.0]], dtype=D), torch.tensor([[0.5, 0.5], [0.0, 0.0]], dtype=D)
-    sb = S()
-    r1 = optimize(Problem(fwd, Y, batched=True), X0, method, steps=4, state=sb, tol=0.01, progress=False)
-    r2 = optimize(Problem(fwd, Y, batched=True), r1.x, method, steps=4, state=sb, tol=0.01, progress=False)
+    sb, kw = S(), dict(step_size=0.1, tol=0.1) if method == "adam" else dict(tol=0.01)
+    r1 = optimize(Problem(fwd, Y, batched=True), X0, method, steps=4, state=sb, progress=False, **kw)
+    r2 = optimize(Problem(fwd, Y, batched=True), r1.x, method, steps=4, state=sb, progress=False, **kw)
     assert int(r1.nits[0]) < int(r1.nits[1])
     for b in range(2):
         ss = S()
-        q1 = optimize(Problem(fwd, Y[b]), X0[b], method, steps=4, state=ss, tol=0.01, progress=False)
-        q2 = optimize(Problem(fwd, Y[b]), q1.x, method, steps=4, state=ss, tol=0.01, progress=False)
+        q1 = optimize(Problem(fwd, Y[b]), X0[b], method, steps=4, state=ss, progress=False, **kw)
+        q2 = optimize(Problem(fwd, Y[b]), q1.x, method, steps=4, state=ss, progress=False, **kw)
         torch.testing.assert_close(r2.x[b], q2.x, rtol=1e-10, atol=1e-12)

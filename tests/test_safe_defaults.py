@@ -273,13 +273,12 @@ def test_autograd_jacobian_matches_jacrev():
 
 
 def test_autograd_only_paths_do_not_import_torch_func_machinery():
-    # (adam is left out: torch.optim.Adam itself imports torch._dynamo)
     import subprocess
     import sys
 
     code = ("import sys, torch, physgrad\n"
             "from physgrad.problems.toy import toy, toy_x0\n"
-            "for m, kw in (('gd', {'step_size': 0.01}), ('pg', {}), ('lbfgs', {})):\n"
+            "for m, kw in (('gd', {'step_size': 0.01}), ('adam', {'step_size': 0.01}), ('pg', {}), ('lbfgs', {})):\n"
             "    physgrad.optimize(toy(), toy_x0(), m, steps=3, **kw)\n"
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

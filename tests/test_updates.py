@@ -199,3 +199,26 @@ def test_pg_lands_exactly_on_requested_y():
     # while IG only matches to first order: the quadratic component misses by (dx2)^2
     dx = updates.ig(prob, x0, 0.5)
     assert abs(prob.forward(x0 + dx)[1].item() - 4.5) == pytest.approx(0.75 ** 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.complex128])
+def test_adam_takes_torch_optim_adams_steps_operation_for_operation(dtype):
+    # physgrad's Adam keeps its moments per sample; for one problem it is torch's, bit for bit
+    from physgrad import Problem
+
+    if dtype.is_complex:
+        A = torch.tensor([[2.0 + 1.0j, 0.5j], [0.0, 1.0 - 0.5j]], dtype=dtype)
+        prob, x0 = Problem(lambda x: A @ x, torch.tensor([1 + 1j, 2 - 1j], dtype=dtype)), torch.zeros(2, dtype=dtype)
+    else:
+        prob, x0 = toy(dtype=dtype), toy_x0().to(dtype)
+    res = physgrad.optimize(prob, x0, "adam", steps=30, step_size=0.05, progress=False)
+    xr = x0.clone().requires_grad_(True)
+    opt = torch.optim.Adam([xr], lr=0.05)
+    xs = [x0.clone()]
+    for _ in range(30):
+        opt.zero_grad()
+        prob.loss(xr).backward()
+        before = xr.detach().clone()
+        opt.step()
+        xs.append(before + (xr.detach() - before))  # physgrad steps by x + dx, dx = (torch's new x) - x
+    assert torch.equal(res.xs, torch.stack(xs))
