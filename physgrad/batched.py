@@ -22,14 +22,11 @@ what a batch needs:
 
 Each sample follows the trajectory that the single-problem :func:`physgrad.optimize` would give
 it, up to round-off. The arguments are checked by the same code as for one problem, with the
-same errors. Two things are shared by the samples, by design:
-
-* ``gd`` and ``adam`` without ``step_size`` take one learning rate for the batch, the smallest of
-  the samples' heuristic values (every sample stays stable); pass ``step_size`` for per-sample
-  paths that match single runs;
-* ``ig`` with ``solver="lsqr"``/``"cg"`` runs one Krylov solve for the block-diagonal system of
-  all samples: where it stops before converging (``maxiter``, a loose ``solver_tol``) a sample's
-  step can differ from its single run's.
+same errors. Matrix-free ``ig`` (``solver="lsqr"``/``"cg"``) runs one Krylov iteration per
+sample, with its own scalars and stopping test, in lockstep. One thing is shared by the samples,
+by design: ``gd`` and ``adam`` without ``step_size`` take one learning rate for the batch, the
+smallest of the samples' heuristic values (every sample stays stable); pass ``step_size`` for
+per-sample paths that match single runs.
 """
 
 from __future__ import annotations

@@ -79,6 +79,13 @@ class Forcing:
         self.b0 = self.b_prev = self.eta_prev = None
         self.history = []  # (b_k, eta_k, threshold_k) per solve
 
+    def thresholds(self, bnorms: list) -> list:
+        """:meth:`threshold` for each sample of a batch (one forcing sequence per sample)."""
+        if getattr(self, "_rows", None) is None or len(self._rows) != len(bnorms):
+            self._rows = [Forcing(self.target, self.first, self.gamma, self.alpha, self.eta_max, self.safety)
+                          for _ in bnorms]
+        return [f.threshold(b) for f, b in zip(self._rows, bnorms)]
+
     def threshold(self, bnorm: float) -> float:
         """Absolute stopping threshold on ``‖J d − rhs‖`` for a solve with ``‖rhs‖ = bnorm``."""
         if self.b0 is None:
@@ -104,6 +111,36 @@ def _norm(a: Tensor) -> Tensor:
     return torch.linalg.vector_norm(a)
 
 
+class _Rows:
+    """What the Krylov loops reduce and scale by: everything at once for one problem (0-dim
+    tensors, Python floats on the host), or each sample of a batched problem on its own (one
+    entry per leading row), so that every sample runs the Krylov iteration of its single solve."""
+
+    def __init__(self, batched: bool, B: int):
+        self.batched, self.n = batched, B if batched else 1
+
+    def norm(self, a: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(a.reshape(self.n, -1), dim=-1) if self.batched else _norm(a)
+
+    def dot(self, a: Tensor, b: Tensor) -> Tensor:  # the real part of <a, b>
+        if not self.batched:
+            return _dot(a, b).real
+        ab = a.conj() * b if a.is_complex() else a * b
+        return ab.real.reshape(self.n, -1).sum(-1) if ab.is_complex() else ab.reshape(self.n, -1).sum(-1)
+
+    def rows(self, vals) -> list:
+        """A host list with one float per sample."""
+        return vals if isinstance(vals, list) else [vals]
+
+    def col(self, c, like: Tensor):
+        """A coefficient per sample, shaped to scale ``like`` row by row (a list: on the device)."""
+        if not self.batched:
+            return c[0] if isinstance(c, list) else c
+        if isinstance(c, list):
+            c = torch.tensor(c, dtype=torch.float64, device=like.device).to(like.real.dtype)
+        return c.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
 def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method: str = "lsqr",
              maxiter: Optional[int] = None, tol=1e-10, scale: Optional[Tensor] = None,
              solver_tol=None, jvp_mode: str = "rev"):
@@ -112,7 +149,9 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
     The result is the pair ``(d, info)``: ``d`` shaped like ``x``; ``info`` a dict with ``iterations``,
     ``residual_norm`` (the solver's estimate of ``||J d − rhs||``, the undamped part),
     ``converged`` (bool), ``jvp`` and ``vjp`` (products used), ``method``, ``stop`` (why it ended)
-    and ``threshold`` (the absolute residual it aimed for).
+    and ``threshold`` (the absolute residual it aimed for). For a batched problem every sample
+    runs its own iteration (its own scalars, threshold and stop, in lockstep), and those entries
+    are lists with one value per sample.
 
     Parameters
     ----------
@@ -167,15 +206,18 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
         raise ValueError(f"jvp_mode must be 'rev' or 'fwd', got {jvp_mode!r}")
     x = x.detach()
     rhs = rhs.detach().to(dtype=x.dtype, device=x.device)
-    m, n = rhs.numel(), x.numel()
+    # a batched problem: every sample (leading row) runs its own iteration, with its own scalars
+    R = _Rows(bool(getattr(prob, "batched", False)), x.shape[0] if x.ndim else 1)
+    m, n = rhs.numel() // R.n, x.numel() // R.n
     if maxiter is None:
         maxiter = 2 * min(m, n) + 10
-    bnorm = float(_norm(rhs))
+    bnorms = R.rows(R.norm(rhs).tolist())
     ntol = 1e-10 if x.dtype == torch.float64 else 1e-5  # normal-equation test: inconsistent systems
     if forcing is not None:
-        thr = forcing.threshold(bnorm)
+        thr = forcing.thresholds(bnorms) if R.batched else [forcing.threshold(bnorms[0])]
     else:
-        thr, ntol = tol * bnorm, min(tol, ntol)
+        thr, ntol = [tol * b for b in bnorms], min(tol, ntol)
+    bnorm = bnorms[0] if not R.batched else max(bnorms)
     if scale is None:
         dinv = None
     else:
@@ -183,8 +225,9 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
         s = torch.where(s > 0, s, torch.ones_like(s))
         dinv = s.rsqrt()
     counts = {"jvp": 0, "vjp": 0}
-    info = {"iterations": 0, "residual_norm": bnorm, "converged": True, "jvp": 0, "vjp": 0,
-            "method": method, "stop": "rhs is zero", "threshold": thr}
+    one = (lambda v: v) if R.batched else (lambda v: v[0])  # per-sample lists for a batch
+    info = {"iterations": one([0] * R.n), "residual_norm": one(bnorms), "converged": one([True] * R.n), "jvp": 0,
+            "vjp": 0, "method": method, "stop": one(["rhs is zero"] * R.n), "threshold": one(thr)}
     if bnorm == 0:
         return torch.zeros_like(x), info
     if jvp_mode == "rev" and getattr(prob, "simulator", None) is None:
@@ -206,12 +249,12 @@ def solve_ls(prob: Problem, x: Tensor, rhs: Tensor, damping: float = 0.0, method
         return g if dinv is None else dinv * g
 
     if method == "lsqr":
-        z, it, conv, stop, rnorm = _lsqr(A, At, rhs, x, math.sqrt(damping), maxiter, thr, ntol, bnorm)
+        z, its, conv, stop, rnorm = _lsqr(A, At, rhs, x, math.sqrt(damping), maxiter, thr, ntol, bnorms, R)
     else:
-        z, it, conv, stop, rnorm = _cgls(A, At, rhs, x, damping, maxiter, thr, ntol)
+        z, its, conv, stop, rnorm = _cgls(A, At, rhs, x, damping, maxiter, thr, ntol, R)
     d = z if dinv is None else z.mul_(dinv)
-    info.update(iterations=it, residual_norm=rnorm, converged=conv, jvp=counts["jvp"], vjp=counts["vjp"],
-                stop=stop)
+    info.update(iterations=one(its), residual_norm=one(rnorm), converged=one(conv), jvp=counts["jvp"],
+                vjp=counts["vjp"], stop=one(stop))
     return d, info
 
 
@@ -257,133 +300,165 @@ def _linearized_products(prob: Problem, x: Tensor, rhs: Tensor):
     return jv, vj
 
 
-def _lsqr(A, At, b, x, damp, maxiter, thr, ntol, bnorm):
+def _stop(i, why, run, conv, stop, its, it):
+    run[i], conv[i], stop[i], its[i] = False, True, why, it
+
+
+def _lsqr(A, At, b, x, damp, maxiter, thr, ntol, bnorm, R):
     """LSQR of Paige & Saunders (1982), after scipy.sparse.linalg.lsqr, with in-place vector
-    updates and one host sync per iteration; stops when the (undamped) residual estimate is
-    ``<= thr`` or the normal-equation test ``||A^T r|| <= ntol ||A|| ||r||`` holds."""
+    updates and one host sync per iteration; stops (each sample of a batch on its own) when the
+    (undamped) residual estimate is ``<= thr`` or the normal-equation test
+    ``||A^T r|| <= ntol ||A|| ||r||`` holds. Returns per-row lists (iterations, converged, why, residual)."""
     z = torch.zeros_like(x)
     ctol = 1e-14 if x.dtype == torch.float64 else 1e-6
     eps = torch.finfo(x.dtype).eps
     tiny = torch.finfo(x.dtype).tiny
-    beta = bnorm
-    u = b / beta
+    k = R.n
+    beta = list(bnorm)
+    run, conv, stop, its, r1norm = [True] * k, [False] * k, ["iteration limit"] * k, [0] * k, list(bnorm)
+    u = b / R.col([bb if bb > 0 else 1.0 for bb in beta], b)
     v = At(u)
-    alfa = float(_norm(v))
-    if alfa == 0:
-        return z, 0, True, "J^T rhs is zero: rhs is orthogonal to the range of J", bnorm
-    v.div_(alfa)
+    alfa = R.rows(R.norm(v).tolist())
+    for i in range(k):
+        if beta[i] == 0:
+            _stop(i, "rhs is zero", run, conv, stop, its, 0)
+        elif alfa[i] == 0:
+            _stop(i, "J^T rhs is zero: rhs is orthogonal to the range of J", run, conv, stop, its, 0)
+    if not any(run):
+        return z, its, conv, stop, r1norm
+    v.div_(R.col([a if a > 0 else 1.0 for a in alfa], v))
     w = v.clone()
-    rhobar, phibar = alfa, beta
-    anorm = ddnorm = res2 = xxnorm = zz = 0.0
-    cs2, sn2 = -1.0, 0.0
+    sc = [dict(rhobar=alfa[i], phibar=beta[i], anorm=0.0, ddnorm=0.0, res2=0.0, xxnorm=0.0, zz=0.0, cs2=-1.0,
+               sn2=0.0) for i in range(k)]
     dampsq = damp * damp
-    stop = "iteration limit"
-    conv = False
     it = 0
-    r1norm = bnorm
     while it < maxiter:
         it += 1
         # Golub-Kahan step with the scalars kept on the device until the one sync below
-        u.mul_(-alfa).add_(A(v))
-        beta_t = _norm(u)
-        u.div_(beta_t.clamp_min(tiny))
-        v.mul_(-beta_t).add_(At(u))
-        alfa_t = _norm(v)
-        beta, alfa, wn = torch.stack([beta_t, alfa_t, _norm(w)]).tolist()  # the one host sync
-        if beta == 0:
-            alfa = 0.0
-        elif alfa > 0:
-            v.div_(alfa)
-        anorm = math.sqrt(anorm ** 2 + alfa ** 2 + beta ** 2 + dampsq)
-        if damp > 0:
-            rhobar1 = math.hypot(rhobar, damp)
-            cs1, sn1 = rhobar / rhobar1, damp / rhobar1
-            psi = sn1 * phibar
-            phibar = cs1 * phibar
+        u.mul_(R.col([-a for a in alfa], u)).add_(A(v))
+        beta_t = R.norm(u)
+        u.div_(R.col(beta_t.clamp_min(tiny), u))
+        v.mul_(R.col(-beta_t, v)).add_(At(u))
+        alfa_t = R.norm(v)
+        beta, alfa, wn = (R.rows(q) for q in torch.stack([beta_t, alfa_t, R.norm(w)]).tolist())  # the one host sync
+        for i in range(k):
+            if beta[i] == 0:
+                alfa[i] = 0.0
+        if any(a > 0 for a in alfa):
+            v.div_(R.col([a if a > 0 else 1.0 for a in alfa], v))
+        t1s, t2s = [0.0] * k, [0.0] * k
+        for i in range(k):
+            if run[i]:
+                t1s[i], t2s[i], r1norm[i] = _lsqr_scalars(sc[i], alfa[i], beta[i], wn[i], damp, dampsq)
+                c = sc[i]
+                if r1norm[i] <= thr[i]:
+                    _stop(i, "predicted residual ||J d - rhs|| reached its target", run, conv, stop, its, it)
+                elif c["arnorm"] <= ntol * (c["anorm"] * c["rnorm"] + eps):
+                    _stop(i, "least-squares solution found (||A^T r|| small)", run, conv, stop, its, it)
+                elif 1.0 / (c["acond"] + eps) <= ctol:
+                    _stop(i, "condition-number limit reached", run, conv, stop, its, it)
+                elif alfa[i] == 0 or beta[i] == 0 and damp == 0:
+                    _stop(i, "Krylov space exhausted", run, conv, stop, its, it)
+        if R.batched:
+            z.addcmul_(w, R.col(t1s, z))
         else:
-            rhobar1, psi = rhobar, 0.0
-        rho = math.hypot(rhobar1, beta)
-        cs, sn = rhobar1 / rho, beta / rho
-        theta = sn * alfa
-        rhobar = -cs * alfa
-        phi = cs * phibar
-        phibar = sn * phibar
-        tau = sn * phi
-        t1, t2 = phi / rho, -theta / rho
-        ddnorm += wn ** 2 / rho ** 2
-        z.add_(w, alpha=t1)
-        w.mul_(t2).add_(v)
-        gambar = -cs2 * rho
-        rhs_ = phi - sn2 * rho * zz
-        gamma = math.hypot(gambar, theta)
-        cs2, sn2 = gambar / gamma, theta / gamma
-        zz = rhs_ / gamma
-        xxnorm += zz ** 2
-        acond = anorm * math.sqrt(ddnorm)
-        res1 = phibar ** 2
-        res2 += psi ** 2
-        rnorm = math.sqrt(res1 + res2)
-        r1sq = rnorm ** 2 - dampsq * xxnorm  # the undamped part ||b - A z||^2
-        r1norm = math.sqrt(abs(r1sq))
-        arnorm = alfa * abs(tau)
-        if r1norm <= thr:
-            stop = "predicted residual ||J d - rhs|| reached its target"
-            conv = True
+            z.add_(w, alpha=t1s[0])
+        w.mul_(R.col(t2s, w)).add_(v)
+        if not any(run):
             break
-        if arnorm <= ntol * (anorm * rnorm + eps):
-            stop = "least-squares solution found (||A^T r|| small)"
-            conv = True
-            break
-        if 1.0 / (acond + eps) <= ctol:
-            stop = "condition-number limit reached"
-            conv = True
-            break
-        if alfa == 0 or beta == 0 and damp == 0:
-            stop = "Krylov space exhausted"
-            conv = True
-            break
-    return z, it, conv, stop, r1norm
+    for i in range(k):
+        if run[i]:
+            its[i] = it
+    return z, its, conv, stop, r1norm
 
 
-def _cgls(A, At, b, x, lam, maxiter, thr, ntol):
+def _lsqr_scalars(c: dict, alfa: float, beta: float, wn: float, damp: float, dampsq: float):
+    """One step of LSQR's scalar recurrences for one sample (the plane rotations and the norm
+    estimates); updates ``c`` and returns ``(t1, t2, ||b - A z||)``."""
+    c["anorm"] = math.sqrt(c["anorm"] ** 2 + alfa ** 2 + beta ** 2 + dampsq)
+    if damp > 0:
+        rhobar1 = math.hypot(c["rhobar"], damp)
+        cs1, sn1 = c["rhobar"] / rhobar1, damp / rhobar1
+        psi = sn1 * c["phibar"]
+        c["phibar"] = cs1 * c["phibar"]
+    else:
+        rhobar1, psi = c["rhobar"], 0.0
+    rho = math.hypot(rhobar1, beta)
+    cs, sn = rhobar1 / rho, beta / rho
+    theta = sn * alfa
+    c["rhobar"] = -cs * alfa
+    phi = cs * c["phibar"]
+    c["phibar"] = sn * c["phibar"]
+    tau = sn * phi
+    t1, t2 = phi / rho, -theta / rho
+    c["ddnorm"] += wn ** 2 / rho ** 2
+    gambar = -c["cs2"] * rho
+    rhs_ = phi - c["sn2"] * rho * c["zz"]
+    gamma = math.hypot(gambar, theta)
+    c["cs2"], c["sn2"] = gambar / gamma, theta / gamma
+    c["zz"] = rhs_ / gamma
+    c["xxnorm"] += c["zz"] ** 2
+    c["acond"] = c["anorm"] * math.sqrt(c["ddnorm"])
+    res1 = c["phibar"] ** 2
+    c["res2"] += psi ** 2
+    c["rnorm"] = math.sqrt(res1 + c["res2"])
+    r1sq = c["rnorm"] ** 2 - dampsq * c["xxnorm"]  # the undamped part ||b - A z||^2
+    c["arnorm"] = alfa * abs(tau)
+    return t1, t2, math.sqrt(abs(r1sq))
+
+
+def _cgls(A, At, b, x, lam, maxiter, thr, ntol, R):
     """CGLS (CG on the damped normal equations, never forming them), in place, with the step
-    length kept on the device and one host sync per iteration (``||s||²`` and ``||r||²``
-    together); stops when ``||b − A z|| <= thr`` or ``||s|| <= ntol·||s_0||``."""
+    lengths kept on the device and one host sync per iteration (``||s||²`` and ``||r||²``
+    together); stops (each sample of a batch on its own) when ``||b − A z|| <= thr`` or
+    ``||s|| <= ntol·||s_0||``. Returns per-row lists as :func:`_lsqr`."""
     z = torch.zeros_like(x)
     r = b.clone()
     s = At(r)
     p = s.clone()
-    gamma_t = _dot(s, s).real
-    gamma = float(gamma_t)
-    snorm0 = math.sqrt(gamma)
-    rnorm = float(_norm(b))
-    if snorm0 == 0:
-        return z, 0, True, "J^T rhs is zero", rnorm
-    it, conv, stop = 0, False, "iteration limit"
-    while it < maxiter:
+    gamma_t = R.dot(s, s)
+    gamma = R.rows(gamma_t.tolist())
+    snorm0 = [math.sqrt(g) for g in gamma]
+    rnorm = R.rows(R.norm(b).tolist())
+    k = R.n
+    run, conv, stop, its = [True] * k, [False] * k, ["iteration limit"] * k, [0] * k
+    for i in range(k):
+        if snorm0[i] == 0:
+            _stop(i, "J^T rhs is zero", run, conv, stop, its, 0)
+    it = 0
+    while it < maxiter and any(run):
         it += 1
         q = A(p)
-        delta_t = _dot(q, q).real
+        delta_t = R.dot(q, q)
         if lam:
-            delta_t = delta_t + lam * _dot(p, p).real
+            delta_t = delta_t + lam * R.dot(p, p)
         alpha_t = torch.where(delta_t > 0, gamma_t / delta_t, torch.zeros_like(delta_t))
-        z.addcmul_(p, alpha_t)
-        r.addcmul_(q, alpha_t, value=-1.0)
+        z.addcmul_(p, R.col(alpha_t, z))
+        r.addcmul_(q, R.col(alpha_t, r), value=-1.0)
         s = At(r)
         if lam:
             s.add_(z, alpha=-lam)
-        gamma_new_t = _dot(s, s).real
-        gamma_new, rsq, delta = torch.stack([gamma_new_t, _dot(r, r).real, delta_t]).tolist()  # one sync
-        rnorm = math.sqrt(rsq)
-        if not delta > 0:
-            stop, conv = "Krylov space exhausted", True
+        gamma_new_t = R.dot(s, s)
+        gamma_new, rsq, delta = (R.rows(q_) for q_ in
+                                 torch.stack([gamma_new_t, R.dot(r, r), delta_t]).tolist())  # one sync
+        for i in range(k):
+            if not run[i]:
+                continue
+            rnorm[i] = math.sqrt(rsq[i])
+            if not delta[i] > 0:
+                _stop(i, "Krylov space exhausted", run, conv, stop, its, it)
+            elif rnorm[i] <= thr[i]:
+                _stop(i, "predicted residual ||J d - rhs|| reached its target", run, conv, stop, its, it)
+            elif math.sqrt(gamma_new[i]) <= ntol * snorm0[i]:
+                _stop(i, "normal-equation residual below tol", run, conv, stop, its, it)
+        if not any(run):
             break
-        if rnorm <= thr:
-            stop, conv = "predicted residual ||J d - rhs|| reached its target", True
-            break
-        if math.sqrt(gamma_new) <= ntol * snorm0:
-            stop, conv = "normal-equation residual below tol", True
-            break
-        p.mul_(gamma_new / gamma).add_(s)
+        # the next direction; a sample that has stopped gets p = 0, so it takes no more steps
+        p.mul_(R.col([gamma_new[i] / gamma[i] if run[i] else 0.0 for i in range(k)], p)).add_(s)
+        if not all(run):
+            p.mul_(R.col([1.0 if q_ else 0.0 for q_ in run], p))
         gamma, gamma_t = gamma_new, gamma_new_t
-    return z, it, conv, stop, rnorm
+    for i in range(k):
+        if run[i]:
+            its[i] = it
+    return z, its, conv, stop, rnorm

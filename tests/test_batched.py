@@ -698,3 +698,38 @@ def test_a_warm_start_continues_each_sample_like_its_single_warm_start(method, S
         q1 = optimize(Problem(fwd, Y[b]), X0[b], method, steps=4, state=ss, progress=False, **kw)
         q2 = optimize(Problem(fwd, Y[b]), q1.x, method, steps=4, state=ss, progress=False, **kw)
         torch.testing.assert_close(r2.x[b], q2.x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(solver="lsqr", maxiter=2), dict(solver="cg", maxiter=2),
+                                dict(solver="lsqr", solver_tol=0.3), dict(solver="cg", solver_tol=0.3),
+                                dict(solver="lsqr", damping=0.1, maxiter=3), dict(solver="cg", damping=0.1)])
+def test_matrix_free_ig_runs_each_samples_own_krylov_iteration(kw):
+    # stopped early (maxiter, a loose solver_tol), a Krylov solve depends on its right-hand side:
+    # each sample runs its own iteration, with its own scalars and its own stopping test
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 4, generator=g, dtype=D) @ torch.diag(torch.tensor([1.0, 3.0, 10.0, 30.0], dtype=D))
+    fwd = lambda x: x @ A.T  # noqa: E731  (rows are samples; one sample: A x)
+    Y = torch.randn(3, 6, generator=g, dtype=D) * torch.tensor([[1.0], [10.0], [0.1]], dtype=D)
+    X0 = torch.zeros(3, 4, dtype=D)
+    rb = optimize(Problem(fwd, Y, batched=True), X0, "ig", steps=3, progress=False, **kw)
+    for b in range(3):
+        rs = optimize(Problem(fwd, Y[b]), X0[b], "ig", steps=3, progress=False, **kw)
+        torch.testing.assert_close(rb.xs[: rs.nit + 1, b], rs.xs, rtol=1e-10, atol=1e-12)
+        assert int(rb.status[b]) == rs.status
+
+
+def test_a_forcing_sequence_per_sample():
+    from physgrad.matfree import Forcing, solve_ls
+
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(5, 5, generator=g, dtype=D) + 3 * torch.eye(5, dtype=D)
+    Y = torch.randn(2, 5, generator=g, dtype=D) * torch.tensor([[1.0], [100.0]], dtype=D)
+    pb = Problem(lambda x: x @ A.T, Y, batched=True)
+    X0 = torch.zeros(2, 5, dtype=D)
+    fb = Forcing(1e-3)
+    d, info = solve_ls(pb, X0, Y, method="cg", solver_tol=fb)
+    for b in range(2):
+        fs = Forcing(1e-3)
+        ds, infos = solve_ls(Problem(lambda x: A @ x, Y[b]), X0[b], Y[b], method="cg", solver_tol=fs)
+        torch.testing.assert_close(d[b], ds, rtol=1e-10, atol=1e-12)
+        assert info["iterations"][b] == infos["iterations"] and info["threshold"][b] == infos["threshold"]
