@@ -234,26 +234,19 @@ class BatchView:
         """Per-sample Jacobians ``(B, m, n)`` from the user's batched products: column ``j`` of
         every sample from one jvp with ``e_j`` in every row (``n`` jvps), or row ``i`` from one vjp
         (``m`` vjps), whichever is fewer (as one problem assembles its Jacobian)."""
-        sim, shape, tshape = self.problem.simulator, self.x_shape, self.problem.target.shape
-        x = xf.detach().reshape(shape)
+        sim, x = self.problem.simulator, xf.detach().reshape(self.x_shape)
         B, n, m = self.B, self.n, self.m
+
+        def unit_products(product, k, in_shape, out_len):  # product(x, e_j in every row), j < k: (B, out_len, k)
+            eye = torch.eye(k, dtype=xf.dtype, device=xf.device)
+            outs = [product(x, eye[j].expand(B, k).reshape(in_shape).clone()).reshape(B, out_len) for j in range(k)]
+            return torch.stack(outs, -1) if outs else xf.new_zeros(B, out_len, 0)
+
         if sim.has("jvp") and (n <= m or not sim.has("vjp")):
             self.count("jvp", n)
-            e = torch.zeros(B, n, dtype=xf.dtype, device=xf.device)
-            cols = []
-            for j in range(n):
-                e[:, j] = 1
-                cols.append(sim.jvp(x, e.reshape(shape).clone()).reshape(B, m))
-                e[:, j] = 0
-            return torch.stack(cols, -1) if cols else xf.new_zeros(B, m, 0)
+            return unit_products(sim.jvp, n, self.x_shape, m)  # columns
         self.count("vjp", m)
-        u = torch.zeros(B, m, dtype=xf.dtype, device=xf.device)
-        rows = []
-        for i in range(m):
-            u[:, i] = 1
-            rows.append(sim.vjp(x, u.reshape(tshape).clone()).reshape(B, n))
-            u[:, i] = 0
-        return torch.stack(rows, -2) if rows else xf.new_zeros(B, 0, n)
+        return unit_products(sim.vjp, m, self.problem.target.shape, n).mT  # rows
 
     def gauss_newton_product(self, xf: Tensor, v: Tensor) -> Tensor:
         """Every sample's ``J_b^T J_b v_b`` ``(B, n)`` (one jvp and one vjp of the batched forward)."""
