@@ -117,9 +117,10 @@ def _gd(view, x, eta, active, st):
 class AdamState:
     """State of :func:`adam`: the moments ``m``, ``v`` and the step count of every sample
     (``(B, n)``, ``(B, n)``, ``(B,)``; a complex x keeps them for its real view). The update is
-    :class:`torch.optim.Adam`'s, operation for operation (the same numbers for one problem
-    in every dtype, and for each sample of a batch in float32 and float64), with one step count per sample, so that a sample of a batch, stopped early, is
-    continued by a warm start exactly as its own run would be."""
+    :class:`torch.optim.Adam`'s, operation for operation (the same numbers for one problem in
+    every dtype, and for each sample of a batch in float32 and float64), with one step count per
+    sample, so that a warm start continues a sample of a batch that stopped early exactly as its
+    own run would."""
 
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
